@@ -1,0 +1,47 @@
+# mixstudio: set-up, main job, tests. Everything installs into .venv/ from requirements.lock.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LOCK_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.mixstudio-$(LOCK_HASH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: install demo test test-all lint format clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -r requirements.lock
+	rm -f $(VENV)/.mixstudio-*
+	touch $@
+
+# The editable install points at this checkout; it is redone when the venv is shared from a cache.
+install: $(STAMP)
+	@$(PY) -c "import studio, pathlib, sys; sys.exit(pathlib.Path(studio.__file__).parent != pathlib.Path('studio').resolve())" 2>/dev/null \
+		|| $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+# The main job on the embedded default: render world samples and score them with the eval judges.
+demo: install
+	$(VENV)/bin/mixstudio world shapes --n 64 --per-prompt 4 --seed 0 --out out/demo/shapes
+	$(VENV)/bin/mixstudio eval out/demo/shapes
+	$(VENV)/bin/mixstudio world synth --n 64 --per-prompt 4 --seed 0 --out out/demo/synth
+	$(VENV)/bin/mixstudio eval out/demo/synth
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q --runslow
+
+lint: install
+	$(VENV)/bin/ruff check studio tests benchmarks
+	$(VENV)/bin/ruff format --check studio tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff check --fix studio tests benchmarks
+	$(VENV)/bin/ruff format studio tests benchmarks
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""mixstudio: a finetuning studio for generative diffusion and music models.
+
+The public API. Names resolve lazily (``import studio`` stays fast for the CLI); each
+maps to exactly one module in ``_API``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API: dict[str, str] = {
+    # worlds
+    "WORLDS": "studio.worlds",
+    "World": "studio.worlds",
+    "Sample": "studio.worlds",
+    "Prompt": "studio.worlds",
+    "get_world": "studio.worlds",
+    # judges and metrics
+    "Judge": "studio.judges",
+    "load_judge": "studio.judges",
+    "prompt_adherence": "studio.judges",
+    "pairwise_diversity": "studio.judges",
+    "grouped_diversity": "studio.judges",
+    "frechet_distance": "studio.judges",
+    "sdr": "studio.judges",
+    "si_sdr": "studio.judges",
+    "evaluate_folder": "studio.judges.evaluate",
+    "EvalReport": "studio.judges.evaluate",
+    # recipes and configs
+    "RECIPES": "studio.recipes",
+    "get_recipe": "studio.recipes",
+    "run_config": "studio.recipes",
+    "apply_overrides": "studio.config",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'studio' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,112 @@
+"""The ``mixstudio`` command line: a thin layer over the public API.
+
+Library errors (``ValueError``) become a one-line ``error: ...`` message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("studio")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixstudio", description="Finetuning studio for diffusion and music models.")
+    parser.add_argument("--quiet", action="store_true", help="hide progress bars and info logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    world = sub.add_parser("world", help="render samples of a procedural world into a folder")
+    world.add_argument("name", help="world name: shapes or synth")
+    world.add_argument("--n", type=int, default=16, help="number of samples")
+    world.add_argument("--seed", type=int, default=0, help="base seed of the sample stream")
+    world.add_argument("--per-prompt", type=int, default=None,
+                       help="draw this many samples per held-out eval prompt (for diversity) instead of random captions")
+    world.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+
+    ev = sub.add_parser("eval", help="score a folder of samples described by manifest.json")
+    ev.add_argument("folder", type=Path)
+    ev.add_argument("--judge", choices=("eval", "reward"), default="eval", help="which judge scores")
+    ev.add_argument("--reference", type=int, default=256, help="world samples in the Fréchet reference")
+    ev.add_argument("--out", type=Path, default=None, help="report path (default: FOLDER/eval.json)")
+
+    train = sub.add_parser("train", help="run a training recipe")
+    train.add_argument("recipe", help="recipe name (see `mixstudio train list`)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field (repeatable, dotted keys for nested configs)")
+    train.add_argument("--out", type=Path, default=None, help="output folder (default: the recipe's)")
+    return parser
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from studio.io import check_output_dir
+    from studio.worlds import get_world
+    from studio.worlds.export import draw_samples, export_samples
+
+    world = get_world(args.name)
+    check_output_dir(args.out)
+    samples = draw_samples(world, args.n, args.seed, args.per_prompt)
+    meta = {"source": "world", "seed": args.seed, "per_prompt": args.per_prompt}
+    out = export_samples(world, samples, args.out, meta)
+    print(f"wrote {len(samples)} {world.name} samples, grid.png and manifest.json to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from studio.judges.evaluate import evaluate_folder, write_report
+
+    out = args.out or args.folder / "eval.json"
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a folder; pass a file path such as report.json")
+    report = evaluate_folder(args.folder, role=args.judge, reference_size=args.reference)
+    write_report(report, out)
+    print(report.table())
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from studio.config import apply_overrides
+    from studio.recipes import RECIPES, get_recipe, run_config
+
+    if args.recipe == "list":
+        for name, fn in sorted(RECIPES.items()):
+            print(f"{name:<24} {(fn.__doc__ or '').strip()}")
+        return 0
+    config = apply_overrides(get_recipe(args.recipe), args.overrides)
+    if args.out is not None:
+        config = dataclasses.replace(config, out=args.out)
+    command = "mixstudio " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    result = run_config(config, command=command)
+    print(result)
+    return 0
+
+
+COMMANDS = {"world": cmd_world, "eval": cmd_eval, "train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mixstudio``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.quiet:
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model components and the embedded model zoo."""

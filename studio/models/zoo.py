@@ -1,0 +1,33 @@
+"""The embedded model zoo: names of shipped assets → folders under ``assets/``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+Role = Literal["reward", "eval"]
+ROLES: tuple[Role, ...] = ("reward", "eval")
+
+
+def assets_dir() -> Path:
+    """The folder of shipped weights: ``$MIXSTUDIO_ASSETS`` or ``assets/`` beside the ``studio`` package."""
+    override = os.environ.get("MIXSTUDIO_ASSETS")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "assets"
+
+
+def judge_dir(world: str, role: Role) -> Path:
+    """Folder of the shipped ``role`` judge for ``world``.
+
+    Raises:
+        ValueError: for an unknown role, or a judge that is not shipped (naming the command that makes it).
+    """
+    if role not in ROLES:
+        raise ValueError(f"judge role must be one of {list(ROLES)}, got {role!r}")
+    path = assets_dir() / "judges" / f"{world}-{role}"
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"no {role} judge for world {world!r} at {str(path)!r}; "
+            f"train it with `mixstudio train judge-{world}-{role} --out {path}`"
+        )
+    return path

@@ -1,0 +1,54 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from studio.config import apply_overrides, from_dict, load_json, save_json, to_dict
+
+
+@dataclass(kw_only=True)
+class Inner:
+    method: Literal["lora", "oft"] = "lora"
+    rank: int = 4
+    targets: tuple[str, ...] = ("to_q", "to_k")
+
+
+@dataclass(kw_only=True)
+class Outer:
+    steps: int = 10
+    lr: float = 1e-3
+    ema: bool = False
+    out: Path = Path("runs/x")
+    seed: int | None = None
+    adapter: Inner = field(default_factory=Inner)
+
+
+def test_overrides_parse_by_field_type_and_reach_nested_configs():
+    c = apply_overrides(Outer(), ["steps=20", "lr=0.5", "ema=true", "out=/tmp/y", "seed=none",
+                                  "adapter.method=oft", "adapter.rank=8", "adapter.targets=to_v, to_out.0"])
+    assert c == Outer(steps=20, lr=0.5, ema=True, out=Path("/tmp/y"), seed=None,
+                      adapter=Inner(method="oft", rank=8, targets=("to_v", "to_out.0")))
+    assert apply_overrides(Outer(), ["seed=3"]).seed == 3
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("steps", "not key=value"),
+    ("nope=1", "unknown config key 'nope'"),
+    ("steps=ten", "expected int"),
+    ("ema=maybe", "expected true or false"),
+    ("adapter.method=boft", "allowed values"),
+    ("steps.x=1", "not a nested config"),
+])
+def test_bad_overrides_raise_one_clear_error(override, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(Outer(), [override])
+
+
+def test_json_round_trip(tmp_path):
+    c = Outer(steps=3, out=Path("a/b"), adapter=Inner(method="oft", targets=("x",)))
+    assert from_dict(Outer, to_dict(c)) == c
+    save_json(c, tmp_path / "c.json")
+    assert load_json(Outer, tmp_path / "c.json") == c
+    with pytest.raises(ValueError, match="no fields"):
+        from_dict(Outer, {"stepz": 1})
