@@ -120,7 +120,8 @@ class PhraseTable:
 
 
 def _tokens(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+(?:[-'][a-z0-9]+)*", text.lower())
+    # "#" stays on its word so that "c#" (the key) is not read as "c"
+    return re.findall(r"[a-z0-9]+(?:[-'][a-z0-9]+)*#?", text.lower())
 
 
 class World(ABC):

@@ -75,7 +75,9 @@ _ORGAN = harmonic_table([0.5, 1.0, 0, 0.7, 0, 0.5, 0, 0.45, 0, 0.3])
 _BASS = harmonic_table([1.0, 0.3, 0.1])  # fundamental-dominant, so the root owns the low spectrum
 
 
-def oscillator(table: np.ndarray, freq: float, n: int, phase: float = 0.0, vibrato: np.ndarray | None = None) -> np.ndarray:
+def oscillator(
+    table: np.ndarray, freq: float, n: int, phase: float = 0.0, vibrato: np.ndarray | None = None
+) -> np.ndarray:
     """Read ``n`` samples of a wavetable at ``freq`` Hz.
 
     Args:
@@ -124,59 +126,66 @@ def _fade_tail(x: np.ndarray, seconds: float = 0.01) -> np.ndarray:
     return x
 
 
-# ---- lead and bass voices: (freq Hz, gate samples, rng) -> (n,) float32 ------------------------------
-def pluck(freq: float, gate: int, rng: np.random.Generator) -> np.ndarray:
+# ---- lead and bass voices: (freq Hz, gate samples, start phase in cycles, rng) -> (n,) float32 --------
+Voice = Callable[[float, int, float, np.random.Generator], np.ndarray]
+
+
+def pluck(freq: float, gate: int, phase: float, rng: np.random.Generator) -> np.ndarray:
     """Plucked string: a bright saw whose highs die in ~45 ms over a darker body ringing ~0.3 s."""
     n = gate + int(0.2 * SAMPLE_RATE)
-    phase = rng.random()
     out = 0.7 * oscillator(_BRIGHT, freq, n, phase) * decay(n, 0.045, 0.001)
     out += oscillator(_DARK, freq, n, phase) * decay(n, 0.3, 0.001)
     return _fade_tail(out)
 
 
-def organ(freq: float, gate: int, rng: np.random.Generator) -> np.ndarray:
+def organ(freq: float, gate: int, phase: float, rng: np.random.Generator) -> np.ndarray:
     """Drawbar organ: fixed additive harmonics, instant on/off, a slow Leslie-like tremolo."""
     n = gate + int(0.02 * SAMPLE_RATE)
     t = np.arange(n, dtype=np.float32) / SAMPLE_RATE
     tremolo = 1.0 - 0.12 * (0.5 + 0.5 * np.sin(_TWO_PI * 5.5 * t + rng.random() * 6.0))
-    return oscillator(_ORGAN, freq / 2, n, rng.random()) * tremolo * gate_envelope(n, gate, 0.005, 1.0, 0.015)
+    return oscillator(_ORGAN, freq / 2, n, phase / 2) * tremolo * gate_envelope(n, gate, 0.005, 1.0, 0.015)
 
 
-def square(freq: float, gate: int, rng: np.random.Generator) -> np.ndarray:
+def square(freq: float, gate: int, phase: float, rng: np.random.Generator) -> np.ndarray:
     """Chiptune square lead: odd harmonics, snappy gate, delayed 5.5 Hz vibrato."""
     n = gate + int(0.02 * SAMPLE_RATE)
     t = np.arange(n, dtype=np.float32) / SAMPLE_RATE
     vibrato = 0.15 * np.sin(_TWO_PI * 5.5 * t) * np.clip((t - 0.15) / 0.1, 0.0, 1.0)
-    return oscillator(_SQUARE, freq, n, rng.random(), vibrato) * gate_envelope(n, gate, 0.003, 0.85, 0.015)
+    return oscillator(_SQUARE, freq, n, phase, vibrato) * gate_envelope(n, gate, 0.003, 0.85, 0.015)
 
 
-def pad(freq: float, gate: int, rng: np.random.Generator) -> np.ndarray:
-    """Synth pad: three detuned low-passed saws, slow attack and long release."""
-    n = gate + int(0.25 * SAMPLE_RATE)
+def pad(freq: float, gate: int, phase: float, rng: np.random.Generator) -> np.ndarray:
+    """Synth pad: three detuned low-passed saws, an 80 ms swell and a 200 ms release."""
+    n = gate + int(0.2 * SAMPLE_RATE)
     cents = rng.uniform(6.0, 12.0)
-    out = sum(oscillator(_SOFT_SAW, freq * 2 ** (c / 1200), n, rng.random()) for c in (-cents, 0.0, cents))
-    return out * gate_envelope(n, gate, 0.15, 1.0, 0.25) / 3.0
+    out = sum(oscillator(_SOFT_SAW, freq * 2 ** (c / 1200), n, phase + rng.random()) for c in (-cents, 0.0, cents))
+    # The attack is slow for a pad yet well under a beat, so every beat still swells in and tempo stays audible.
+    return out * gate_envelope(n, gate, 0.08, 1.0, 0.2) / 3.0
 
 
-def bell(freq: float, gate: int, rng: np.random.Generator) -> np.ndarray:
+def bell(freq: float, gate: int, phase: float, rng: np.random.Generator) -> np.ndarray:
     """FM bell: carrier at ``freq``, modulator at 3.5x (inharmonic), decaying index, ~1 s ring."""
     n = gate + int(0.8 * SAMPLE_RATE)
     t = np.arange(n, dtype=np.float32) / SAMPLE_RATE
     index = 2.5 * np.exp(-t / 0.25)
     modulator = index * np.sin(_TWO_PI * np.float32(3.5 * freq) * t)
-    carrier = np.sin(_TWO_PI * np.float32(freq) * t + modulator + rng.random() * 6.0)
+    carrier = np.sin(_TWO_PI * np.float32(freq) * t + modulator + _TWO_PI * np.float32(phase))
     return _fade_tail(carrier * decay(n, 0.8, 0.001))
 
 
-def bass(freq: float, gate: int, rng: np.random.Generator) -> np.ndarray:
+def bass(freq: float, gate: int, phase: float, rng: np.random.Generator) -> np.ndarray:
     """Bass: a fundamental-dominant tone with a short gate release."""
     n = gate + int(0.02 * SAMPLE_RATE)
-    return oscillator(_BASS, freq, n, rng.random()) * gate_envelope(n, gate, 0.008, 0.75, 0.02)
+    return oscillator(_BASS, freq, n, phase) * gate_envelope(n, gate, 0.008, 0.75, 0.02)
 
 
 #: Lead timbre name -> voice; the one place a ``lead`` label maps to sound.
-LEAD_VOICES: dict[str, Callable[[float, int, np.random.Generator], np.ndarray]] = {
-    "pluck": pluck, "organ": organ, "square": square, "pad": pad, "bell": bell,
+LEAD_VOICES: dict[str, Voice] = {
+    "pluck": pluck,
+    "organ": organ,
+    "square": square,
+    "pad": pad,
+    "bell": bell,
 }
 
 
@@ -220,7 +229,10 @@ def open_hat(rng: np.random.Generator) -> np.ndarray:
 
 #: Drum hit kind -> one-shot generator.
 DRUM_VOICES: dict[str, Callable[[np.random.Generator], np.ndarray]] = {
-    "kick": kick, "snare": snare, "closed_hat": closed_hat, "open_hat": open_hat,
+    "kick": kick,
+    "snare": snare,
+    "closed_hat": closed_hat,
+    "open_hat": open_hat,
 }
 
 
@@ -235,7 +247,7 @@ def add_at(buffer: np.ndarray, signal: np.ndarray, start: int) -> None:
 
 def render_notes(
     notes: Sequence[Note],
-    voice: Callable[[float, int, np.random.Generator], np.ndarray],
+    voice: Voice,
     num_samples: int,
     rng: np.random.Generator,
     tuning_cents: float = 0.0,
@@ -253,13 +265,15 @@ def render_notes(
         ``(T,)`` float32 stem.
     """
     out = np.zeros(num_samples, dtype=np.float32)
+    phase = rng.random()  # free-running oscillator: a note's start phase is its frequency times its onset
     for note in notes:
-        start = int(round(note.start * SAMPLE_RATE))
+        start = round(note.start * SAMPLE_RATE)
         if start >= num_samples:
             continue
         # Nothing past the buffer end is audible, so the gate never needs to run beyond it.
         gate = max(1, min(int(note.length * SAMPLE_RATE), num_samples - start))
-        add_at(out, note.velocity * voice(midi_to_hz(note.pitch + tuning_cents / 100.0), gate, rng), start)
+        freq = midi_to_hz(note.pitch + tuning_cents / 100.0)
+        add_at(out, note.velocity * voice(freq, gate, (phase + freq * start / SAMPLE_RATE) % 1.0, rng), start)
     return out
 
 
@@ -269,5 +283,5 @@ def render_hits(hits: Sequence[Hit], num_samples: int, rng: np.random.Generator)
     kick_body = kick(rng)
     for hit in hits:
         sound = kick_body if hit.kind == "kick" else DRUM_VOICES[hit.kind](rng)
-        add_at(out, hit.velocity * sound, int(round(hit.start * SAMPLE_RATE)))
+        add_at(out, hit.velocity * sound, round(hit.start * SAMPLE_RATE))
     return out
