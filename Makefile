@@ -36,12 +36,12 @@ test-all: install
 	$(PY) -m pytest -q --runslow
 
 lint: install
-	$(VENV)/bin/ruff check studio tests benchmarks
-	$(VENV)/bin/ruff format --check studio tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 format: install
-	$(VENV)/bin/ruff check --fix studio tests benchmarks
-	$(VENV)/bin/ruff format studio tests benchmarks
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -23,8 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("name", help="world name: shapes or synth")
     world.add_argument("--n", type=int, default=16, help="number of samples")
     world.add_argument("--seed", type=int, default=0, help="base seed of the sample stream")
-    world.add_argument("--per-prompt", type=int, default=None,
-                       help="draw this many samples per held-out eval prompt (for diversity) instead of random captions")
+    world.add_argument(
+        "--per-prompt",
+        type=int,
+        default=None,
+        help="draw this many samples per held-out eval prompt (for diversity) instead of random captions",
+    )
     world.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
 
     ev = sub.add_parser("eval", help="score a folder of samples described by manifest.json")
@@ -35,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="run a training recipe")
     train.add_argument("recipe", help="recipe name (see `mixstudio train list`)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field (repeatable, dotted keys for nested configs)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable, dotted keys for nested configs)",
+    )
     train.add_argument("--out", type=Path, default=None, help="output folder (default: the recipe's)")
     return parser
 

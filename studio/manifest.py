@@ -43,7 +43,9 @@ class Manifest:
 
     def to_json(self) -> str:
         items = [{k: v for k, v in asdict(item).items() if v is not None} for item in self.items]
-        return json.dumps({"world": self.world, "modality": self.modality, "meta": self.meta, "items": items}, indent=2)
+        return json.dumps(
+            {"world": self.world, "modality": self.modality, "meta": self.meta, "items": items}, indent=2
+        )
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:

@@ -25,21 +25,41 @@ class Outer:
 
 
 def test_overrides_parse_by_field_type_and_reach_nested_configs():
-    c = apply_overrides(Outer(), ["steps=20", "lr=0.5", "ema=true", "out=/tmp/y", "seed=none",
-                                  "adapter.method=oft", "adapter.rank=8", "adapter.targets=to_v, to_out.0"])
-    assert c == Outer(steps=20, lr=0.5, ema=True, out=Path("/tmp/y"), seed=None,
-                      adapter=Inner(method="oft", rank=8, targets=("to_v", "to_out.0")))
+    c = apply_overrides(
+        Outer(),
+        [
+            "steps=20",
+            "lr=0.5",
+            "ema=true",
+            "out=/tmp/y",
+            "seed=none",
+            "adapter.method=oft",
+            "adapter.rank=8",
+            "adapter.targets=to_v, to_out.0",
+        ],
+    )
+    assert c == Outer(
+        steps=20,
+        lr=0.5,
+        ema=True,
+        out=Path("/tmp/y"),
+        seed=None,
+        adapter=Inner(method="oft", rank=8, targets=("to_v", "to_out.0")),
+    )
     assert apply_overrides(Outer(), ["seed=3"]).seed == 3
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("steps", "not key=value"),
-    ("nope=1", "unknown config key 'nope'"),
-    ("steps=ten", "expected int"),
-    ("ema=maybe", "expected true or false"),
-    ("adapter.method=boft", "allowed values"),
-    ("steps.x=1", "not a nested config"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("steps", "not key=value"),
+        ("nope=1", "unknown config key 'nope'"),
+        ("steps=ten", "expected int"),
+        ("ema=maybe", "expected true or false"),
+        ("adapter.method=boft", "allowed values"),
+        ("steps.x=1", "not a nested config"),
+    ],
+)
 def test_bad_overrides_raise_one_clear_error(override, message):
     with pytest.raises(ValueError, match=message):
         apply_overrides(Outer(), [override])

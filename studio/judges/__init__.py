@@ -29,6 +29,14 @@ def load_judge(world: str, role: Role = "eval") -> Judge:
 
 
 __all__ = [
-    "Adherence", "Judge", "JudgeOutput", "frechet_distance", "grouped_diversity", "load_judge",
-    "pairwise_diversity", "prompt_adherence", "sdr", "si_sdr",
+    "Adherence",
+    "Judge",
+    "JudgeOutput",
+    "frechet_distance",
+    "grouped_diversity",
+    "load_judge",
+    "pairwise_diversity",
+    "prompt_adherence",
+    "sdr",
+    "si_sdr",
 ]

@@ -56,13 +56,18 @@ class EvalReport:
 
     def table(self) -> str:
         """A plain-text summary for the terminal."""
-        lines = [f"world {self.world} · judge {self.judge} · {self.samples} samples · {self.prompts} prompts",
-                 f"adherence           {self.adherence:.3f}"]
+        lines = [
+            f"world {self.world} · judge {self.judge} · {self.samples} samples · {self.prompts} prompts",
+            f"adherence           {self.adherence:.3f}",
+        ]
         lines += [f"  {attr:<17} {value:.3f}" for attr, value in self.attribute_adherence.items()]
         if self.label_accuracy:
             lines.append("label accuracy      " + "  ".join(f"{k} {v:.3f}" for k, v in self.label_accuracy.items()))
         div = "n/a (one sample per prompt)" if self.diversity is None else f"{self.diversity:.4f}"
-        lines += [f"diversity           {div}", f"frechet             {self.frechet:.3f} (floor {self.frechet_floor:.3f})"]
+        lines += [
+            f"diversity           {div}",
+            f"frechet             {self.frechet:.3f} (floor {self.frechet_floor:.3f})",
+        ]
         return "\n".join(lines)
 
 
@@ -112,16 +117,25 @@ def evaluate_folder(folder: str | Path, role: Role = "eval", reference_size: int
     label_accuracy = None
     if all(item.labels for item in manifest.items):
         truth = [world.check_labels(item.labels, complete=True) for item in manifest.items]
-        label_accuracy = {attr: sum(j[attr] == t[attr] for j, t in zip(judged, truth, strict=True)) / len(truth)
-                          for attr in world.attributes}
+        label_accuracy = {
+            attr: sum(j[attr] == t[attr] for j, t in zip(judged, truth, strict=True)) / len(truth)
+            for attr in world.attributes
+        }
     diversity = grouped_diversity(embeddings, [p.text for p in prompts])
 
     _, ref = judge.predict(reference_samples(world, prompts, max(reference_size, len(prompts))))
     _, floor = judge.predict(reference_samples(world, prompts, len(prompts), offset=10**6))
     return EvalReport(
-        world=world.name, judge=role, samples=len(prompts), prompts=len({p.text for p in prompts}),
-        adherence=adherence.overall, attribute_adherence=adherence.per_attribute, label_accuracy=label_accuracy,
-        diversity=diversity, frechet=frechet_distance(embeddings, ref), frechet_floor=frechet_distance(floor, ref),
+        world=world.name,
+        judge=role,
+        samples=len(prompts),
+        prompts=len({p.text for p in prompts}),
+        adherence=adherence.overall,
+        attribute_adherence=adherence.per_attribute,
+        label_accuracy=label_accuracy,
+        diversity=diversity,
+        frechet=frechet_distance(embeddings, ref),
+        frechet_floor=frechet_distance(floor, ref),
     )
 
 

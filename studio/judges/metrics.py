@@ -92,7 +92,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     float64, which stays real and stable where ``sqrtm`` of the product does not.
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"frechet_distance needs (N, D) and (M, D) with N, M >= 2; got {tuple(a.shape)}, {tuple(b.shape)}")
+        raise ValueError(
+            f"frechet_distance needs (N, D) and (M, D) with N, M >= 2; got {tuple(a.shape)}, {tuple(b.shape)}"
+        )
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)

@@ -30,6 +30,8 @@ def semitone_filterbank(n_fft: int, sample_rate: int, f_min: float, n_bins: int)
 
     Filter ``k`` is centred at ``f_min · 2^(k/12)`` and spans its neighbours; filters narrower
     than one FFT bin fall back to linear interpolation of the nearest bins, so no row is empty.
+    With ``n_fft=2048`` at 16 kHz (7.8 Hz bins) semitones are resolved above ~100 Hz; below,
+    a tone spreads over neighbouring bins (bass pitch is then read from its harmonics).
     """
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
     centres = f_min * 2.0 ** (torch.arange(-1, n_bins + 1, dtype=torch.float64) / 12)
@@ -48,8 +50,12 @@ def semitone_filterbank(n_fft: int, sample_rate: int, f_min: float, n_bins: int)
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU(),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU(),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.GELU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.GELU(),
     )
 
 
@@ -64,6 +70,7 @@ class Judge(ModelMixin, ConfigMixin):
         embed_dim: size of the penultimate embedding.
         image_size: image side in pixels (image judges).
         sample_rate, n_fft, hop_length, f_min, n_bins: the audio front-end (audio judges).
+        time_pool: average this many spectrogram frames before the CNN (audio; 4 → 64 ms frames at hop 256).
     """
 
     config_name = "config.json"
@@ -82,6 +89,7 @@ class Judge(ModelMixin, ConfigMixin):
         hop_length: int = 256,
         f_min: float = 32.70319566,
         n_bins: int = 96,
+        time_pool: int = 1,
     ):
         super().__init__()
         if modality not in ("image", "audio"):
@@ -101,8 +109,13 @@ class Judge(ModelMixin, ConfigMixin):
         self.pool = nn.AdaptiveAvgPool2d((4, 4) if modality == "image" else (3, 4))
         pooled = widths[-1] * (16 if modality == "image" else 12)
         extra = 24 if modality == "audio" else 0
-        self.embed = nn.Sequential(nn.Dropout(0.2), nn.Linear(pooled + extra, embed_dim * 2), nn.GELU(),
-                                   nn.Linear(embed_dim * 2, embed_dim), nn.GELU())
+        self.embed = nn.Sequential(
+            nn.Dropout(0.2),
+            nn.Linear(pooled + extra, embed_dim * 2),
+            nn.GELU(),
+            nn.Linear(embed_dim * 2, embed_dim),
+            nn.GELU(),
+        )
         self.heads = nn.ModuleDict({name: nn.Linear(embed_dim, len(values)) for name, values in attributes.items()})
         if modality == "audio":
             fb = semitone_filterbank(n_fft, sample_rate, f_min, n_bins)
@@ -115,8 +128,13 @@ class Judge(ModelMixin, ConfigMixin):
 
     def spectrogram(self, audio: torch.Tensor) -> torch.Tensor:
         """Semitone power spectrogram ``(B, n_bins, frames)`` of waveforms ``(B, T)``."""
-        spec = torch.stft(audio.float(), self.config.n_fft, self.config.hop_length, window=self.window,
-                          return_complex=True).abs().pow(2)
+        spec = (
+            torch.stft(
+                audio.float(), self.config.n_fft, self.config.hop_length, window=self.window, return_complex=True
+            )
+            .abs()
+            .pow(2)
+        )
         return torch.einsum("bft,fk->bkt", spec, self.filterbank)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -132,6 +150,8 @@ class Judge(ModelMixin, ConfigMixin):
         # loudness-invariant: a judge should not read the mix level
         logspec = logspec - logspec.amax(dim=(1, 2), keepdim=True)
         logspec = (logspec.clamp_min(-12.0) + 6.0) / 3.0
+        if self.config.time_pool > 1:
+            logspec = F.avg_pool2d(logspec[:, None], (1, self.config.time_pool))[:, 0]
         energy = power.mean(-1)  # (B, n_bins)
         n = energy.shape[1] // 12 * 12
         chroma = energy[:, :n].reshape(energy.shape[0], -1, 12).sum(1)

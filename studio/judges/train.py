@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -43,6 +42,7 @@ class JudgeTrainConfig:
         lr: peak AdamW learning rate (one-cycle schedule).
         width: first-stage CNN channels.
         embed_dim: embedding size.
+        time_pool: spectrogram frames averaged before the CNN (audio judges; cost ∝ 1/time_pool).
         out: output folder (diffusers ``save_pretrained`` layout plus ``metrics.json`` and ``README.md``).
     """
 
@@ -57,6 +57,7 @@ class JudgeTrainConfig:
     lr: float = 3e-3
     width: int = 32
     embed_dim: int = 128
+    time_pool: int = 1
     out: Path = Path("runs/judge")
 
     def __post_init__(self) -> None:
@@ -64,7 +65,7 @@ class JudgeTrainConfig:
             raise ValueError(f"world must be 'shapes' or 'synth', got {self.world!r}")
         if self.role not in ("reward", "eval"):
             raise ValueError(f"role must be 'reward' or 'eval', got {self.role!r}")
-        for name in ("train_samples", "eval_samples", "epochs", "batch_size", "width", "embed_dim"):
+        for name in ("train_samples", "eval_samples", "epochs", "batch_size", "width", "embed_dim", "time_pool"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not (0 < self.lr < 1):
@@ -120,10 +121,17 @@ def train_judge(config: JudgeTrainConfig, command: str = "") -> dict[str, float]
     start = time.time()
     torch.manual_seed(config.seed)
     world = get_world(config.world)
-    model = Judge(world=world.name, modality=world.modality, attributes=world.describe(),
-                  width=config.width, embed_dim=config.embed_dim)
+    model = Judge(
+        world=world.name,
+        modality=world.modality,
+        attributes=world.describe(),
+        width=config.width,
+        embed_dim=config.embed_dim,
+    )
     data, targets = render_batch(world, config.data_seed, config.train_samples, f"render {config.world} train")
-    held_data, held_targets = render_batch(world, HELD_OUT_SEED, config.eval_samples, f"render {config.world} held-out")
+    held_data, held_targets = render_batch(
+        world, HELD_OUT_SEED, config.eval_samples, f"render {config.world} held-out"
+    )
 
     steps_per_epoch = math.ceil(config.train_samples / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
@@ -150,8 +158,13 @@ def train_judge(config: JudgeTrainConfig, command: str = "") -> dict[str, float]
     logger.info("judge %s-%s held-out accuracy %s (%.0f s)", config.world, config.role, table, wall)
     with atomic_dir(config.out) as tmp:
         model.save_pretrained(tmp)
-        metrics = {"held_out_accuracy": table, "wall_time_s": round(wall, 1), "parameters": parameter_count(model),
-                   "held_out_samples": config.eval_samples, "torch_threads": torch.get_num_threads()}
+        metrics = {
+            "held_out_accuracy": table,
+            "wall_time_s": round(wall, 1),
+            "parameters": parameter_count(model),
+            "held_out_samples": config.eval_samples,
+            "torch_threads": torch.get_num_threads(),
+        }
         atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         atomic_write_text(tmp / "train_config.json", json.dumps(to_dict(config), indent=2) + "\n")
         atomic_write_text(tmp / "README.md", model_card(config, metrics, command))
@@ -161,8 +174,11 @@ def train_judge(config: JudgeTrainConfig, command: str = "") -> dict[str, float]
 def model_card(config: JudgeTrainConfig, metrics: dict, command: str) -> str:
     """Markdown model card: what the judge is, the command that made it, and its accuracy table."""
     rows = "\n".join(f"| {attr} | {acc:.4f} |" for attr, acc in metrics["held_out_accuracy"].items())
-    purpose = ("the reward judge: the only judge trainers may optimise against"
-               if config.role == "reward" else "the eval judge: every reported number uses it, never a trainer")
+    purpose = (
+        "the reward judge: the only judge trainers may optimise against"
+        if config.role == "reward"
+        else "the eval judge: every reported number uses it, never a trainer"
+    )
     return f"""# Judge `{config.world}-{config.role}`
 
 An attribute classifier and embedder for the `{config.world}` world; {purpose}.

@@ -31,3 +31,23 @@ def judge_dir(world: str, role: Role) -> Path:
             f"train it with `mixstudio train judge-{world}-{role} --out {path}`"
         )
     return path
+
+
+#: Embedded base models: name → (modality, folder under assets/models).
+EMBEDDED_MODELS: dict[str, str] = {"shapes": "image", "synth": "audio"}
+
+
+def model_dir(name: str) -> Path:
+    """Folder of an embedded model.
+
+    Raises:
+        ValueError: if the name is unknown or the model is not shipped (naming the command that makes it).
+    """
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; use one of {sorted(EMBEDDED_MODELS)}")
+    path = assets_dir() / "models" / name
+    if not (path / "model_index.json").is_file():
+        raise ValueError(
+            f"embedded model {name!r} is not at {str(path)!r}; make it with `mixstudio train pretrain-{name}`"
+        )
+    return path

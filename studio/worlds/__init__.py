@@ -22,6 +22,16 @@ def get_world(name: str) -> World:
 
 
 __all__ = [
-    "WORLDS", "Labels", "Phrase", "PhraseTable", "Prompt", "Sample", "ShapesWorld", "SynthWorld", "World",
-    "WorldDataset", "get_world", "sample_seed",
+    "WORLDS",
+    "Labels",
+    "Phrase",
+    "PhraseTable",
+    "Prompt",
+    "Sample",
+    "ShapesWorld",
+    "SynthWorld",
+    "World",
+    "WorldDataset",
+    "get_world",
+    "sample_seed",
 ]

@@ -77,7 +77,9 @@ class PhraseTable:
                 for phrase in ps:
                     key = tuple(_tokens(phrase.text))
                     if key in self._lookup and self._lookup[key] != (attr, value):
-                        raise ValueError(f"phrase {phrase.text!r} is used for both {self._lookup[key]} and {(attr, value)}")
+                        raise ValueError(
+                            f"phrase {phrase.text!r} is used for both {self._lookup[key]} and {(attr, value)}"
+                        )
                     self._lookup[key] = (attr, value)
         self._max_len = max(len(k) for k in self._lookup)
 
@@ -164,13 +166,10 @@ class World(ABC):
         """
         for attr, value in labels.items():
             if attr not in self.attributes:
-                raise ValueError(
-                    f"unknown {self.name} attribute {attr!r}; use one of {sorted(self.attributes)}"
-                )
+                raise ValueError(f"unknown {self.name} attribute {attr!r}; use one of {sorted(self.attributes)}")
             if value not in self.attributes[attr]:
-                raise ValueError(
-                    f"unknown value {value!r} for {self.name} attribute {attr!r}; use one of {list(self.attributes[attr])}"
-                )
+                allowed = list(self.attributes[attr])
+                raise ValueError(f"unknown value {value!r} for {self.name} attribute {attr!r}; use one of {allowed}")
         if complete:
             missing = sorted(set(self.attributes) - set(labels))
             if missing:
@@ -181,8 +180,7 @@ class World(ABC):
         """Draw every attribute uniformly, except those given in ``fixed``."""
         fixed = self.check_labels(fixed or {})
         return {
-            attr: fixed.get(attr) or values[int(rng.integers(len(values)))]
-            for attr, values in self.attributes.items()
+            attr: fixed.get(attr) or values[int(rng.integers(len(values)))] for attr, values in self.attributes.items()
         }
 
     def sample(self, seed: int, fixed: Mapping[str, str] | None = None, split: Split = "train") -> Sample:
@@ -231,7 +229,9 @@ class WorldDataset(torch.utils.data.IterableDataset):
         rank, world_size: data-parallel shard (sample ``i`` goes to rank ``i % world_size``).
     """
 
-    def __init__(self, world: World, seed: int = 0, num_samples: int | None = None, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, world: World, seed: int = 0, num_samples: int | None = None, rank: int = 0, world_size: int = 1
+    ):
         if num_samples is not None and num_samples <= 0:
             raise ValueError(f"num_samples must be positive or None, got {num_samples}")
         self.world, self.seed, self.num_samples = world, seed, num_samples

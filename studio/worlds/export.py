@@ -27,8 +27,10 @@ def draw_samples(world: World, n: int, seed: int, per_prompt: int | None = None)
     if per_prompt < 2 or n % per_prompt:
         raise ValueError(f"--per-prompt must be >= 2 and divide --n {n}, got {per_prompt}")
     prompts = world.eval_prompts()
-    return [world.sample_for_prompt(prompts[(i // per_prompt) % len(prompts)], sample_seed(seed, i))
-            for i in tqdm(range(n), desc=f"render {world.name}", leave=False)]
+    return [
+        world.sample_for_prompt(prompts[(i // per_prompt) % len(prompts)], sample_seed(seed, i))
+        for i in tqdm(range(n), desc=f"render {world.name}", leave=False)
+    ]
 
 
 def export_samples(world: World, samples: list[Sample], out: str | Path, meta: dict) -> Path:

@@ -26,9 +26,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "shape": ("circle", "square", "triangle", "star", "ring", "cross"),
     "colour": ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"),
     "size": ("small", "medium", "large"),
-    "position": (
-        "top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right"
-    ),
+    "position": ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right"),
     "background": ("black", "white", "gray", "navy"),
 }
 #: Base object colours (RGB); far apart from each other and from every background.

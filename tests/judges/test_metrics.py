@@ -14,7 +14,11 @@ from studio.judges.metrics import (
 
 
 def test_prompt_adherence_counts_only_named_attributes():
-    judged = [{"shape": "circle", "colour": "red"}, {"shape": "star", "colour": "red"}, {"shape": "ring", "colour": "blue"}]
+    judged = [
+        {"shape": "circle", "colour": "red"},
+        {"shape": "star", "colour": "red"},
+        {"shape": "ring", "colour": "blue"},
+    ]
     targets = [{"shape": "circle", "colour": "red"}, {"shape": "circle"}, {"colour": "blue"}]
     result = prompt_adherence(judged, targets)
     assert result.overall == pytest.approx(2 / 3)
@@ -32,8 +36,9 @@ def test_prompt_adherence_rejects_mismatched_lengths():
 def test_pairwise_diversity_matches_brute_force():
     g = torch.Generator().manual_seed(0)
     e = torch.randn(7, 5, generator=g)
-    brute = np.mean([1 - torch.cosine_similarity(e[i], e[j], dim=0).item()
-                     for i in range(7) for j in range(7) if i != j])
+    brute = np.mean(
+        [1 - torch.cosine_similarity(e[i], e[j], dim=0).item() for i in range(7) for j in range(7) if i != j]
+    )
     assert pairwise_diversity(e) == pytest.approx(brute, abs=1e-9)
     assert pairwise_diversity(e[:1].repeat(4, 1)) == pytest.approx(0.0, abs=1e-12)
     assert pairwise_diversity(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(2.0)

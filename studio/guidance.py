@@ -1,0 +1,74 @@
+"""Classifier-free guidance maths, once, as pure tensor functions (pipelines and trainers call these).
+
+CFG (Ho & Salimans 2022, eq. 6): ``ε̂ = ε_u + w · (ε_c − ε_u)``; ``w = 1`` is the conditional
+model alone, ``w = 0`` the unconditional one. Training makes the unconditional model by
+condition dropout: a fraction of prompts is replaced by the empty prompt.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_guidance_scale(guidance_scale: float) -> float:
+    """Validate a guidance scale (finite, ``>= 0``).
+
+    Raises:
+        ValueError: for NaN/inf or a negative scale.
+    """
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0 (1 = no guidance), got {guidance_scale!r}")
+    return float(guidance_scale)
+
+
+def uses_guidance(guidance_scale: float) -> bool:
+    """Whether sampling needs the unconditional branch (any scale but exactly 1)."""
+    return guidance_scale != 1.0
+
+
+def cfg_combine(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float | torch.Tensor) -> torch.Tensor:
+    """Guided prediction ``uncond + w · (cond − uncond)``.
+
+    Args:
+        uncond, cond: unconditional and conditional predictions, same shape ``(B, ...)``.
+        guidance_scale: a float, or a ``(B,)`` tensor of per-sample scales.
+    """
+    if isinstance(guidance_scale, torch.Tensor):
+        guidance_scale = guidance_scale.reshape(-1, *([1] * (cond.ndim - 1))).to(cond)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def split_guided(prediction: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Combine a batched ``[uncond; cond]`` prediction ``(2B, ...)`` into the guided one ``(B, ...)``."""
+    uncond, cond = prediction.chunk(2)
+    return cfg_combine(uncond, cond, guidance_scale)
+
+
+def drop_condition_mask(batch_size: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A ``(B,)`` bool mask, True where the prompt is replaced by the empty prompt (condition dropout)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"condition dropout probability must be in [0, 1], got {p}")
+    return torch.rand(batch_size, generator=generator) < p
+
+
+def apply_condition_dropout(
+    embeds: torch.Tensor,
+    null_embeds: torch.Tensor,
+    drop: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    null_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Replace the embeddings (and masks) of dropped rows by the empty prompt's.
+
+    Args:
+        embeds: ``(B, L, D)`` prompt embeddings; null_embeds: ``(1, L, D)`` of the empty prompt.
+        drop: ``(B,)`` bool from :func:`drop_condition_mask`.
+        mask, null_mask: optional ``(B, L)`` / ``(1, L)`` attention masks.
+    """
+    keep = ~drop.to(embeds.device)
+    out = torch.where(keep[:, None, None], embeds, null_embeds.to(embeds))
+    if mask is None:
+        return out, None
+    return out, torch.where(keep[:, None], mask, null_mask.to(mask))

@@ -1,0 +1,51 @@
+"""UNet architectures of the embedded base models (standard diffusers ``UNet2DConditionModel``s)."""
+
+from __future__ import annotations
+
+import math
+
+from diffusers import UNet2DConditionModel
+
+
+def build_unet(
+    *,
+    in_channels: int,
+    sample_size: int | tuple[int, int],
+    channels: tuple[int, ...],
+    attention_levels: tuple[int, ...],
+    layers_per_block: int = 1,
+    cross_attention_dim: int = 384,
+    heads: int = 4,
+) -> UNet2DConditionModel:
+    """A conditional UNet with cross-attention only at the given levels (0 = highest resolution).
+
+    Keeping attention off the highest-resolution level is what makes CPU training affordable:
+    self-attention cost grows with the square of the token count.
+
+    Args:
+        in_channels: image channels (3 for RGB pixels, 1 for a mel spectrogram, 4 for SD latents).
+        sample_size: training resolution (side, or (height, width)).
+        channels: output channels per level; ``len(channels)`` levels, each but the last halving resolution.
+        attention_levels: indices of levels that get cross-attention transformer blocks.
+        layers_per_block: ResNet blocks per level on the way down.
+        cross_attention_dim: the text encoder's hidden size.
+        heads: attention heads.
+    """
+    levels = range(len(channels))
+    bad = [a for a in attention_levels if a not in levels]
+    if bad:
+        raise ValueError(f"attention_levels {bad} out of range for {len(channels)} levels")
+    down = tuple("CrossAttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in levels)
+    up = tuple("CrossAttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(levels))
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        layers_per_block=layers_per_block,
+        block_out_channels=tuple(channels),
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=heads,
+        norm_num_groups=min(32, math.gcd(*channels)),
+    )

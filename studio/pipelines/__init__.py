@@ -1,0 +1,71 @@
+"""Drop-in diffusers pipelines and the loader that resolves embedded names, paths and hub ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from studio.models.zoo import EMBEDDED_MODELS, model_dir
+from studio.pipelines.base import SCHEDULERS, StudioDiffusionPipeline, make_scheduler
+from studio.pipelines.image import StudioImagePipeline
+from studio.pipelines.music import AudioPipelineOutput, StudioMusicPipeline
+
+Modality = Literal["image", "audio"]
+
+#: The one place a modality maps to its pipeline class.
+PIPELINES: dict[str, type[StudioDiffusionPipeline]] = {"image": StudioImagePipeline, "audio": StudioMusicPipeline}
+
+
+def pipeline_class(modality: str) -> type[StudioDiffusionPipeline]:
+    if modality not in PIPELINES:
+        raise ValueError(f"unknown modality {modality!r}; use one of {sorted(PIPELINES)}")
+    return PIPELINES[modality]
+
+
+def load_pipeline(
+    model: str | Path,
+    modality: Modality = "image",
+    scheduler: str | None = None,
+    torch_dtype: torch.dtype | None = None,
+) -> StudioDiffusionPipeline:
+    """Load a pipeline by embedded name (``shapes``, ``synth``), local folder, or hub id.
+
+    Args:
+        model: an embedded model name, a diffusers pipeline folder, or a hub id (offline: must be cached).
+        modality: ``image`` or ``audio`` (which pipeline class reads the folder).
+        scheduler: a sampler name from :data:`SCHEDULERS` to replace the saved one.
+        torch_dtype: load weights in this dtype.
+
+    Raises:
+        ValueError: for an unknown embedded name, or a path/hub id that cannot be loaded (one line).
+    """
+    cls = pipeline_class(modality)
+    source = str(model_dir(str(model)) if str(model) in EMBEDDED_MODELS else model)
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    try:
+        pipe = cls.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"cannot load {modality} model {str(model)!r} ({first}); pass an embedded name "
+            f"({', '.join(sorted(EMBEDDED_MODELS))}), a diffusers pipeline folder, or a cached hub id"
+        ) from None
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+__all__ = [
+    "PIPELINES",
+    "SCHEDULERS",
+    "AudioPipelineOutput",
+    "StudioDiffusionPipeline",
+    "StudioImagePipeline",
+    "StudioMusicPipeline",
+    "load_pipeline",
+    "make_scheduler",
+    "pipeline_class",
+]

@@ -1,0 +1,173 @@
+"""What the image and music pipelines share: prompt encoding, input checks, the guided denoising loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+)
+
+from studio.guidance import check_guidance_scale, split_guided, uses_guidance
+from studio.models.text import encode_text, load_packaged_text_encoder
+
+#: The one place a sampler name maps to its diffusers scheduler class.
+SCHEDULERS: dict[str, type] = {
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "ddpm": DDPMScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+MAX_STEPS = 1000
+MAX_BATCH = 64
+
+
+def make_scheduler(name: str, config: Any) -> Any:
+    """A scheduler of kind ``name`` built from another scheduler's config (same noise schedule).
+
+    Raises:
+        ValueError: naming the unknown sampler and the known ones.
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; use one of {sorted(SCHEDULERS)}")
+    extra = {"algorithm_type": "dpmsolver++"} if name == "dpm++" else {}
+    return SCHEDULERS[name].from_config(config, **extra)
+
+
+StepCallback = Callable[[DiffusionPipeline, int, int, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+class StudioDiffusionPipeline(DiffusionPipeline):
+    """Base of :class:`StudioImagePipeline` and :class:`StudioMusicPipeline`.
+
+    The text encoder is either a saved component (e.g. CLIP in a Stable Diffusion folder) or,
+    for the embedded models, a *packaged* encoder named in the config
+    (``text_encoder_package``). A packaged encoder is loaded from its Python package and is not
+    written by ``save_pretrained``, so a shipped model folder holds only what was trained.
+    """
+
+    _optional_components = ["text_encoder", "tokenizer"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    def _attach_packaged_text_encoder(self, text_encoder: Any, text_encoder_package: str | None) -> None:
+        self.register_to_config(text_encoder_package=text_encoder_package)
+        if text_encoder is None and text_encoder_package is not None:
+            encoder, tokenizer = load_packaged_text_encoder(text_encoder_package)
+            # the config entries stay (None, None), so save_pretrained skips the shared encoder
+            self.text_encoder, self.tokenizer = encoder, tokenizer
+
+    @property
+    def execution_device(self) -> torch.device:
+        return self.unet.device
+
+    # ---- step helpers ------------------------------------------------------------------------
+    def check_common_inputs(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_per_prompt: int,
+    ) -> list[str]:
+        """Validate the arguments every pipeline takes; returns the prompts as a list.
+
+        Raises:
+            ValueError: naming the bad argument, what it got and what is allowed.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError(f"prompt must be a non-empty string or list of strings, got {prompt!r}")
+        negative_is_list = negative_prompt is not None and not isinstance(negative_prompt, str)
+        if negative_is_list and len(negative_prompt) != len(prompts):
+            raise ValueError(f"negative_prompt has {len(negative_prompt)} entries for {len(prompts)} prompts")
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= MAX_STEPS:
+            raise ValueError(
+                f"num_inference_steps must be an integer in [1, {MAX_STEPS}], got {num_inference_steps!r}"
+            )
+        check_guidance_scale(guidance_scale)
+        if not num_per_prompt >= 1 or len(prompts) * num_per_prompt > MAX_BATCH:
+            raise ValueError(f"batch of {len(prompts)} prompts x {num_per_prompt} must be between 1 and {MAX_BATCH}")
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("this pipeline has no text encoder; pass text_encoder= and tokenizer= to from_pretrained")
+        return prompts
+
+    def encode_prompt(
+        self,
+        prompts: list[str],
+        num_per_prompt: int,
+        guidance_scale: float,
+        negative_prompt: str | list[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompt embeddings ``(N, L, D)`` (and mask), with ``[uncond; cond]`` stacked when guiding."""
+        device = self.execution_device
+        texts = [p for p in prompts for _ in range(num_per_prompt)]
+        embeds, mask = encode_text(self.text_encoder, self.tokenizer, texts, device)
+        if not uses_guidance(guidance_scale):
+            return embeds.to(self.unet.dtype), mask
+        negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompts)
+        neg_texts = [n for n in negatives for _ in range(num_per_prompt)]
+        neg_embeds, neg_mask = encode_text(self.text_encoder, self.tokenizer, neg_texts, device)
+        embeds = torch.cat([neg_embeds, embeds]).to(self.unet.dtype)
+        return embeds, None if mask is None else torch.cat([neg_mask, mask])
+
+    def prepare_timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)
+        return self.scheduler.timesteps
+
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        embeds: torch.Tensor,
+        mask: torch.Tensor | None,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """The (guided) model prediction at one step; the batch is doubled only when guiding."""
+        guided = uses_guidance(guidance_scale)
+        model_input = torch.cat([latents] * 2) if guided else latents
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        out = self.unet(model_input, t, encoder_hidden_states=embeds, encoder_attention_mask=mask).sample
+        return split_guided(out, guidance_scale) if guided else out
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        embeds: torch.Tensor,
+        mask: torch.Tensor | None,
+        guidance_scale: float,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> torch.Tensor:
+        """Run the sampler from noise ``latents`` to the final latents."""
+        timesteps = self.prepare_timesteps(num_inference_steps)
+        extra = {"generator": generator} if "generator" in _step_params(self.scheduler) else {}
+        with self.progress_bar(total=len(timesteps)) as bar:
+            for i, t in enumerate(timesteps):
+                noise = self.predict_noise(latents, t, embeds, mask, guidance_scale)
+                latents = self.scheduler.step(noise, t, latents, **extra).prev_sample
+                if callback_on_step_end is not None:
+                    available = {"latents": latents, "prompt_embeds": embeds}
+                    names = callback_on_step_end_tensor_inputs or ["latents"]
+                    unknown = sorted(set(names) - set(available))
+                    if unknown:
+                        raise ValueError(
+                            f"callback_on_step_end_tensor_inputs {unknown} unknown; use {sorted(available)}"
+                        )
+                    result = callback_on_step_end(self, i, t, {name: available[name] for name in names})
+                    latents = result.pop("latents", latents)
+                bar.update()
+        return latents
+
+
+def _step_params(scheduler: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(scheduler.step).parameters)

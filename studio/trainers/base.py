@@ -1,0 +1,285 @@
+"""The one trainer skeleton: config, fit loop, checkpoints, resume, logging, sampling during training.
+
+Methods subclass :class:`Trainer` and implement ``build``, ``train_step`` and (optionally)
+``evaluate`` and ``export``; the loop is shared.
+
+Determinism: the data stream is indexed by global step (step ``s`` reads samples
+``s·B … s·B + B − 1`` of the world's seed stream) and every per-sample random draw (noise,
+timestep, condition dropout) comes from a generator seeded by ``(seed, step, sample index)``.
+So a resumed run replays exactly, and N data-parallel processes that each take ``B/N`` of
+the samples compute the same update as one process with the whole batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from studio.config import to_dict
+from studio.io import atomic_dir, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    """Fields every trainer shares.
+
+    Attributes:
+        out: run folder (checkpoints/, samples/, log.csv, config.json, and the exported model).
+        seed: seed of initialisation and of every per-sample random draw.
+        max_steps: optimizer steps to run.
+        batch_size: global batch (split evenly across data-parallel processes).
+        lr: peak learning rate (AdamW, linear warm-up then cosine decay to 10%).
+        lr_warmup_steps: warm-up steps.
+        weight_decay: AdamW weight decay.
+        grad_clip: max gradient norm, or None.
+        mixed_precision: accelerate's ``no``, ``fp16`` or ``bf16``.
+        checkpoint_every: steps between checkpoints (one is always written at the end).
+        keep_checkpoints: how many recent checkpoints to keep.
+        sample_every: steps between sample grids (0: only at the end).
+        log_every: steps between CSV log rows.
+        resume: continue from ``out/checkpoints/latest`` when it exists.
+        max_minutes: wall-clock budget; the run checkpoints and stops when it is spent (None: no budget).
+    """
+
+    out: Path = Path("runs/run")
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-4
+    lr_warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_every: int = 0
+    log_every: int = 10
+    resume: bool = True
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not (0 < self.lr < 1):
+            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if self.sample_every < 0 or self.lr_warmup_steps < 0:
+            raise ValueError("sample_every and lr_warmup_steps must be >= 0")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive or none, got {self.grad_clip}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive or none, got {self.max_minutes}")
+
+
+def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
+    """The generator of one sample's random draws at one step (independent of process layout)."""
+    state = np.random.SeedSequence([seed, step, index]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak lr, then cosine decay to 10% of it at ``total`` steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer(ABC):
+    """Shared fit loop. Subclasses set ``self.model`` (the trainable module) and ``self.optimizer`` in ``build``."""
+
+    config: TrainerConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, config: TrainerConfig, accelerator: Accelerator | None = None):
+        self.config = config
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        self.step = 0
+        self.out = Path(config.out)
+        if config.batch_size % self.accelerator.num_processes:
+            raise ValueError(
+                f"batch_size {config.batch_size} must divide evenly across {self.accelerator.num_processes} processes"
+            )
+
+    # ---- to implement -----------------------------------------------------------------------
+    @abstractmethod
+    def build(self) -> None:
+        """Create the model(s), ``self.model`` (trainable) and ``self.optimizer``."""
+
+    @abstractmethod
+    def train_step(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss on this process's samples ``indices`` of the current step, and metrics to log."""
+
+    def evaluate(self) -> dict[str, float]:
+        """Sampling/metrics during training (default: none). Called on the main process."""
+        return {}
+
+    def export(self) -> Path | None:
+        """Write the final artefact (a pipeline folder, an adapter file); called on the main process."""
+        return None
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors besides the trainable weights that a checkpoint must hold (e.g. EMA weights)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`extra_state`."""
+
+    # ---- shared -----------------------------------------------------------------------------
+    def local_indices(self, step: int) -> list[int]:
+        """This process's sample indices at ``step`` (a contiguous slice of the global batch)."""
+        n, rank = self.accelerator.num_processes, self.accelerator.process_index
+        per = self.config.batch_size // n
+        start = step * self.config.batch_size + rank * per
+        return list(range(start, start + per))
+
+    def setup(self) -> None:
+        """Build, wrap with accelerate, and resume if asked."""
+        torch.manual_seed(self.config.seed)
+        self.build()
+        self.lr_scheduler = cosine_with_warmup(self.optimizer, self.config.lr_warmup_steps, self.config.max_steps)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.config.resume and (self.out / CHECKPOINTS / LATEST).is_file():
+            self.load_checkpoint(self.latest_checkpoint())
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``max_steps`` (or the time budget); returns the last logged metrics."""
+        self.setup()
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
+        start, metrics = time.time(), {}
+        bar = tqdm(
+            total=self.config.max_steps,
+            initial=self.step,
+            desc=type(self).__name__,
+            unit="step",
+            disable=not self.accelerator.is_main_process,
+        )
+        while self.step < self.config.max_steps:
+            metrics = self.optimizer_step()
+            bar.update()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:3]})
+            if self.step % self.config.log_every == 0:
+                self.log({"step": self.step, "lr": self.lr_scheduler.get_last_lr()[0], **metrics})
+            out_of_time = self.config.max_minutes is not None and time.time() - start > 60 * self.config.max_minutes
+            if self.step % self.config.checkpoint_every == 0 or out_of_time:
+                self.save_checkpoint()
+            if self.config.sample_every and self.step % self.config.sample_every == 0:
+                self.run_evaluate()
+            if out_of_time:
+                logger.warning("time budget of %s min spent at step %d; stopping", self.config.max_minutes, self.step)
+                break
+        bar.close()
+        if self.step % self.config.checkpoint_every:
+            self.save_checkpoint()
+        metrics = {**metrics, **self.run_evaluate(), "train_minutes": (time.time() - start) / 60, "steps": self.step}
+        if self.accelerator.is_main_process:
+            self.export()
+        return metrics
+
+    def optimizer_step(self) -> dict[str, float]:
+        self.model.train()
+        loss, metrics = self.train_step(self.local_indices(self.step))
+        self.accelerator.backward(loss)
+        if self.config.grad_clip is not None:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.after_step()
+        loss_value = self.accelerator.reduce(loss.detach(), reduction="mean").item()
+        return {"loss": loss_value, **metrics}
+
+    def after_step(self) -> None:
+        """Hook after each optimizer step (EMA updates)."""
+
+    def run_evaluate(self) -> dict[str, float]:
+        if not self.accelerator.is_main_process:
+            return {}
+        return self.evaluate()
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Weights of the trainable parameters (what a checkpoint restores into ``self.model``)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-XXXXXXXX`` atomically and point ``latest`` at it."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return None
+        root = self.out / CHECKPOINTS
+        path = root / f"step-{self.step:08d}"
+        with atomic_dir(path, name="checkpoint") as tmp:
+            save_file(self.trainable_state(), tmp / "model.safetensors")
+            extra = {k: v.detach().cpu().contiguous() for k, v in self.extra_state().items()}
+            extra["rng.torch"] = torch.get_rng_state()
+            save_file(extra, tmp / "extra.safetensors")
+            torch.save(
+                {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()},
+                tmp / "optimizer.pt",
+            )
+            state = {"step": self.step, "config": to_dict(self.config)}
+            atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
+        atomic_write_text(root / LATEST, path.name + "\n")
+        for old in sorted(root.glob("step-*"))[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def latest_checkpoint(self) -> Path:
+        root = self.out / CHECKPOINTS
+        path = root / (root / LATEST).read_text().strip()
+        if not (path / "trainer_state.json").is_file():
+            raise ValueError(f"checkpoint {str(path)!r} named by {str(root / LATEST)!r} is incomplete; delete it")
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore weights, optimizer, scheduler, step and RNG from a checkpoint folder."""
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.accelerator.unwrap_model(self.model).load_state_dict(load_file(path / "model.safetensors"))
+        extra = load_file(path / "extra.safetensors")
+        torch.set_rng_state(extra.pop("rng.torch"))
+        self.load_extra_state(extra)
+        opt = torch.load(path / "optimizer.pt", weights_only=True)  # our own file; never unpickles objects
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.lr_scheduler.load_state_dict(opt["lr_scheduler"])
+        self.step = int(state["step"])
+        logger.info("resumed from %s at step %d", path, self.step)

