@@ -37,6 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reference", type=int, default=256, help="world samples in the Fréchet reference")
     ev.add_argument("--out", type=Path, default=None, help="report path (default: FOLDER/eval.json)")
 
+    gen = sub.add_parser("generate", help="generate images or music into a folder with a manifest")
+    gen.add_argument("modality", choices=("image", "music"))
+    gen.add_argument("prompt", nargs="?", default=None, help="text prompt (omit with --prompt-set eval)")
+    gen.add_argument("-n", type=int, default=1, help="samples per prompt")
+    gen.add_argument(
+        "--prompt-set",
+        choices=("eval",),
+        default=None,
+        help="use the world's held-out evaluation prompts instead of PROMPT",
+    )
+    gen.add_argument("--model", default=None, help="embedded name (shapes, synth), a pipeline folder, or a hub id")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--steps", type=int, default=25, help="sampler steps")
+    gen.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = none)")
+    gen.add_argument("--scheduler", default=None, help="sampler: ddim, dpm++, ddpm, euler (default: the saved one)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--length", type=float, default=None, help="music clip length in seconds")
+    gen.add_argument("--world", default=None, help="world whose judges score the output (default: the model's)")
+    gen.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+
     train = sub.add_parser("train", help="run a training recipe")
     train.add_argument("recipe", help="recipe name (see `mixstudio train list`)")
     train.add_argument(
@@ -62,6 +82,36 @@ def cmd_world(args: argparse.Namespace) -> int:
     meta = {"source": "world", "seed": args.seed, "per_prompt": args.per_prompt}
     out = export_samples(world, samples, args.out, meta)
     print(f"wrote {len(samples)} {world.name} samples, grid.png and manifest.json to {out}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder
+
+    modality = "image" if args.modality == "image" else "audio"
+    model = args.model or ("shapes" if modality == "image" else "synth")
+    if args.prompt_set == "eval":
+        if args.prompt is not None:
+            raise ValueError("give either PROMPT or --prompt-set eval, not both")
+        prompts = eval_prompt_texts(args.world or model)
+    else:
+        prompts = [args.prompt or ""]
+    request = GenerateRequest(
+        modality=modality,
+        prompts=prompts,
+        n=args.n,
+        model=model,
+        negative_prompt=args.negative_prompt,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        scheduler=args.scheduler,
+        audio_length_in_s=args.length,
+        out=args.out,
+        world=args.world,
+    )
+    out = generate_to_folder(request, progress=not args.quiet)
+    print(f"wrote {len(prompts) * args.n} {args.modality} samples, grid.png and manifest.json to {out}")
     return 0
 
 
@@ -97,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"world": cmd_world, "eval": cmd_eval, "train": cmd_train}
+COMMANDS = {"world": cmd_world, "generate": cmd_generate, "eval": cmd_eval, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

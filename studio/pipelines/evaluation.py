@@ -69,7 +69,7 @@ def sample_prompts(
         per_prompt: samples per prompt (≥ 2 for diversity).
         seed: sample ``i`` of prompt ``p`` uses seed ``seed + 1000·p + i``.
         batch_size: samples per pipeline call.
-        judge: which judge scores (``eval`` for reports).
+        judge: which judge scores (``eval`` for reports); None skips scoring (scores are then NaN/None).
         **kwargs: passed to the pipeline (``guidance_scale``, ``num_inference_steps``, ...).
     """
     jobs = [(p, seed + 1000 * i + k) for i, p in enumerate(prompts) for k in range(per_prompt)]
@@ -79,20 +79,30 @@ def sample_prompts(
         chunk = jobs[b : b + batch_size]
         samples += generate_batch(pipe, [p.text for p, _ in chunk], [s for _, s in chunk], **kwargs)
     seconds = (time.perf_counter() - start) / len(jobs)
-    scorer = load_judge(world.name, judge)
-    judged, embeddings = scorer.predict(torch.stack([to_tensor(s) for s in samples]))
     job_prompts = [p for p, _ in jobs]
-    adherence = prompt_adherence(judged, [p.labels for p in job_prompts])
     if world.modality == "image":
         grid = image_grid(samples[:64], cols=per_prompt * max(1, 8 // per_prompt))
     else:
         grid = spectrogram_grid(samples[:16], world.SAMPLE_RATE, cols=per_prompt)
+    if judge is None:
+        return SampleResult(
+            samples=samples,
+            prompts=job_prompts,
+            grid=grid,
+            adherence=float("nan"),
+            attribute_adherence={},
+            diversity=None,
+            seconds_per_sample=seconds,
+        )
+    judged, embeddings = load_judge(world.name, judge).predict(torch.stack([to_tensor(s) for s in samples]))
+    adherence = prompt_adherence(judged, [p.labels for p in job_prompts])
+    diversity = grouped_diversity(embeddings, [p.text for p in job_prompts])
     return SampleResult(
         samples=samples,
         prompts=job_prompts,
         grid=grid,
         adherence=adherence.overall,
         attribute_adherence=adherence.per_attribute,
-        diversity=grouped_diversity(embeddings, [p.text for p in job_prompts]),
+        diversity=diversity,
         seconds_per_sample=seconds,
     )

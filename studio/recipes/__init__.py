@@ -34,18 +34,21 @@ def _judge(world: str, role: str) -> Callable[[], JudgeTrainConfig]:
 
 
 def pretrain_shapes() -> PretrainConfig:
-    """The embedded text-to-image base model: a 4.5M-parameter pixel-space UNet on 32x32 shapes."""
+    """The embedded text-to-image base model: a 3.1M-parameter pixel-space UNet on 32x32 shapes."""
+    # (32, 64, 96) trains 1.8x faster per step than (64, 96, 96) on this CPU (2.75 vs 4.9 s at batch 32,
+    # 1 contended thread); in a one-hour budget more steps beat more width.
     return PretrainConfig(
         world="shapes",
         out=Path("runs/pretrain-shapes"),
-        channels=(64, 96, 96),
+        channels=(32, 64, 96),
         attention_levels=(1, 2),
-        max_steps=4000,
+        max_steps=2000,
         batch_size=32,
-        lr=5e-4,
-        lr_warmup_steps=200,
-        checkpoint_every=250,
-        sample_every=1000,
+        lr=6e-4,
+        lr_warmup_steps=100,
+        checkpoint_every=100,
+        sample_every=500,
+        max_minutes=70,
     )
 
 
@@ -91,7 +94,7 @@ def run_config(config: Any, command: str = "") -> Any:
 
     runners: dict[type, Callable[..., Any]] = {
         JudgeTrainConfig: train_judge,
-        PretrainConfig: lambda config, command: PretrainTrainer(config).fit(),
+        PretrainConfig: lambda config, command: PretrainTrainer(config, command=command).fit(),
     }
     runner = runners.get(type(config))
     if runner is None:

@@ -115,8 +115,9 @@ class Trainer(ABC):
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
 
-    def __init__(self, config: TrainerConfig, accelerator: Accelerator | None = None):
+    def __init__(self, config: TrainerConfig, accelerator: Accelerator | None = None, command: str = ""):
         self.config = config
+        self.command = command
         self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
         self.step = 0
         self.out = Path(config.out)
@@ -138,8 +139,8 @@ class Trainer(ABC):
         """Sampling/metrics during training (default: none). Called on the main process."""
         return {}
 
-    def export(self) -> Path | None:
-        """Write the final artefact (a pipeline folder, an adapter file); called on the main process."""
+    def export(self, metrics: dict[str, float]) -> Path | None:
+        """Write the final artefact (a pipeline folder, an adapter file) and its card; main process only."""
         return None
 
     def extra_state(self) -> dict[str, torch.Tensor]:
@@ -199,7 +200,7 @@ class Trainer(ABC):
             self.save_checkpoint()
         metrics = {**metrics, **self.run_evaluate(), "train_minutes": (time.time() - start) / 60, "steps": self.step}
         if self.accelerator.is_main_process:
-            self.export()
+            self.export(metrics)
         return metrics
 
     def optimizer_step(self) -> dict[str, float]:
