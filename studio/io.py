@@ -111,7 +111,7 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
             img.load()
             if img.mode not in ("RGB", "RGBA", "L", "P"):
                 raise ValueError(f"image {str(path)!r} has mode {img.mode}; save it as an 8-bit RGB PNG")
-            array = np.asarray(img.convert("RGB"))
+            array = np.array(img.convert("RGB"))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"image {str(path)!r} is not a readable image ({err}); pass a PNG or JPEG file") from None
     if size is not None and array.shape[:2] != (size, size):

@@ -42,12 +42,12 @@ def pretrain_shapes() -> PretrainConfig:
         out=Path("runs/pretrain-shapes"),
         channels=(32, 64, 96),
         attention_levels=(1, 2),
-        max_steps=2000,
+        max_steps=1400,
         batch_size=32,
         lr=6e-4,
         lr_warmup_steps=100,
         checkpoint_every=100,
-        sample_every=500,
+        sample_every=350,
         max_minutes=70,
     )
 

