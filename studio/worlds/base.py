@@ -61,6 +61,11 @@ class Phrase:
     split: Split = "train"
 
 
+def phrase_list(train: list[str], held_out: list[str] = ()) -> list[Phrase]:
+    """Train phrases followed by held-out phrases, e.g. ``phrase_list(["red", "crimson"], ["scarlet"])``."""
+    return [Phrase(t) for t in train] + [Phrase(t, "held_out") for t in held_out]
+
+
 class PhraseTable:
     """Maps phrases to ``(attribute, value)`` and parses prompts by longest match.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from studio.worlds.base import Labels, Phrase, PhraseTable, Prompt, Split, World
+from studio.worlds.base import Labels, Phrase, PhraseTable, Prompt, Split, World, phrase_list
 
 SIZE = 32
 SUPERSAMPLE = 4
@@ -144,65 +144,61 @@ def coverage(shape: str, cx: float, cy: float, radius: float, angle: float) -> n
     return out
 
 
-def _phrases(train: list[str], held_out: list[str]) -> list[Phrase]:
-    return [Phrase(t) for t in train] + [Phrase(t, "held_out") for t in held_out]
-
-
 # Background colours are never object colours, and their words only ever occur inside a background phrase.
 PHRASES: dict[str, dict[str, list[Phrase]]] = {
     "shape": {
-        "circle": _phrases(["circle", "disc", "round dot", "dot"], ["round shape"]),
-        "square": _phrases(["square", "box", "block"], ["tile"]),
-        "triangle": _phrases(["triangle", "three-sided shape"], ["wedge"]),
-        "star": _phrases(["star", "five-pointed star"], ["starburst"]),
-        "ring": _phrases(["ring", "donut", "hoop"], ["loop"]),
-        "cross": _phrases(["cross", "plus sign"], ["plus symbol"]),
+        "circle": phrase_list(["circle", "disc", "round dot", "dot"], ["round shape"]),
+        "square": phrase_list(["square", "box", "block"], ["tile"]),
+        "triangle": phrase_list(["triangle", "three-sided shape"], ["wedge"]),
+        "star": phrase_list(["star", "five-pointed star"], ["starburst"]),
+        "ring": phrase_list(["ring", "donut", "hoop"], ["loop"]),
+        "cross": phrase_list(["cross", "plus sign"], ["plus symbol"]),
     },
     "colour": {
-        "red": _phrases(["red", "crimson"], ["scarlet"]),
-        "orange": _phrases(["orange", "tangerine"], ["amber"]),
-        "yellow": _phrases(["yellow", "golden"], ["lemon"]),
-        "green": _phrases(["green", "emerald"], ["jade"]),
-        "cyan": _phrases(["cyan", "turquoise"], ["aqua"]),
-        "blue": _phrases(["blue", "cobalt"], ["sapphire"]),
-        "purple": _phrases(["purple", "violet"], ["lilac"]),
-        "pink": _phrases(["pink", "rose"], ["fuchsia"]),
+        "red": phrase_list(["red", "crimson"], ["scarlet"]),
+        "orange": phrase_list(["orange", "tangerine"], ["amber"]),
+        "yellow": phrase_list(["yellow", "golden"], ["lemon"]),
+        "green": phrase_list(["green", "emerald"], ["jade"]),
+        "cyan": phrase_list(["cyan", "turquoise"], ["aqua"]),
+        "blue": phrase_list(["blue", "cobalt"], ["sapphire"]),
+        "purple": phrase_list(["purple", "violet"], ["lilac"]),
+        "pink": phrase_list(["pink", "rose"], ["fuchsia"]),
     },
     "size": {
-        "small": _phrases(["small", "tiny", "little"], ["petite"]),
-        "medium": _phrases(["medium", "medium-sized", "average-sized"], ["mid-sized"]),
-        "large": _phrases(["large", "big", "huge"], ["giant"]),
+        "small": phrase_list(["small", "tiny", "little"], ["petite"]),
+        "medium": phrase_list(["medium", "medium-sized", "average-sized"], ["mid-sized"]),
+        "large": phrase_list(["large", "big", "huge"], ["giant"]),
     },
     "position": {
-        "top left": _phrases(
+        "top left": phrase_list(
             ["in the top left corner", "at the top left", "in the top left"],
             ["in the upper left", "up and to the left"],
         ),
-        "top": _phrases(["at the top", "along the top edge", "near the top"], ["up top"]),
-        "top right": _phrases(
+        "top": phrase_list(["at the top", "along the top edge", "near the top"], ["up top"]),
+        "top right": phrase_list(
             ["in the top right corner", "at the top right", "in the top right"],
             ["in the upper right", "up and to the right"],
         ),
-        "left": _phrases(["on the left", "at the left", "on the left side"], ["to the left"]),
-        "centre": _phrases(["in the centre", "in the center", "in the middle"], ["centred", "centered"]),
-        "right": _phrases(["on the right", "at the right", "on the right side"], ["to the right"]),
-        "bottom left": _phrases(
+        "left": phrase_list(["on the left", "at the left", "on the left side"], ["to the left"]),
+        "centre": phrase_list(["in the centre", "in the center", "in the middle"], ["centred", "centered"]),
+        "right": phrase_list(["on the right", "at the right", "on the right side"], ["to the right"]),
+        "bottom left": phrase_list(
             ["in the bottom left corner", "at the bottom left", "in the bottom left"],
             ["in the lower left", "down and to the left"],
         ),
-        "bottom": _phrases(["at the bottom", "along the bottom edge", "near the bottom"], ["down low"]),
-        "bottom right": _phrases(
+        "bottom": phrase_list(["at the bottom", "along the bottom edge", "near the bottom"], ["down low"]),
+        "bottom right": phrase_list(
             ["in the bottom right corner", "at the bottom right", "in the bottom right"],
             ["in the lower right", "down and to the right"],
         ),
     },
     "background": {
-        "black": _phrases(["on a black background", "on black", "with a black background"], ["against black"]),
-        "white": _phrases(["on a white background", "on white", "with a white background"], ["against white"]),
-        "gray": _phrases(
+        "black": phrase_list(["on a black background", "on black", "with a black background"], ["against black"]),
+        "white": phrase_list(["on a white background", "on white", "with a white background"], ["against white"]),
+        "gray": phrase_list(
             ["on a gray background", "on a grey background", "on gray", "with a gray background"], ["against grey"]
         ),
-        "navy": _phrases(["on a navy background", "on navy", "with a navy background"], ["against navy"]),
+        "navy": phrase_list(["on a navy background", "on navy", "with a navy background"], ["against navy"]),
     },
 }
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from studio.worlds.base import Labels, Phrase, PhraseTable, Prompt, Split, World
+from studio.worlds.base import Labels, Phrase, PhraseTable, Prompt, Split, World, phrase_list
 from studio.worlds.synth_dsp import LEAD_VOICES, SAMPLE_RATE, Hit, Note, bass, render_hits, render_notes
 
 KEYS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -82,7 +82,8 @@ def _key_phrases() -> dict[str, list[Phrase]]:
 
 
 def _phrases(train: str, held_out: str) -> list[Phrase]:
-    return [Phrase(p) for p in train.split(";")] + [Phrase(p, "held_out") for p in held_out.split(";")]
+    """``phrase_list`` of ``;``-separated phrase strings (keeps the vocabulary table compact)."""
+    return phrase_list(train.split(";"), held_out.split(";"))
 
 
 PHRASES: dict[str, dict[str, list[Phrase]]] = {
