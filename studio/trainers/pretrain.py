@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from studio.config import to_dict
 from studio.guidance import apply_condition_dropout
 from studio.io import atomic_dir, atomic_write_text, write_png
 from studio.models.text import encode_text, load_packaged_text_encoder
@@ -202,7 +203,7 @@ class PretrainTrainer(Trainer):
         for target in targets:
             with atomic_dir(target, name="export") as tmp:
                 pipe.save_pretrained(tmp)
-                atomic_write_text(tmp / "train_config.json", (self.out / "config.json").read_text())
+                atomic_write_text(tmp / "train_config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
                 atomic_write_text(tmp / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
                 atomic_write_text(tmp / "README.md", self.model_card(metrics, params))
         logger.info("exported %s", ", ".join(str(t) for t in targets))

@@ -91,3 +91,20 @@ def test_training_reduces_the_loss_and_only_trains_the_unet(tmp_path):
 def test_bad_configs_are_refused(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(tmp_path, **override)
+
+
+def test_music_pretraining_steps_and_exports_a_music_pipeline(tmp_path):
+    from studio.pipelines import StudioMusicPipeline
+
+    config = tiny_config(tmp_path, world="synth", channels=(8, 16), batch_size=2, max_steps=2, sample_every=0)
+    trainer = PretrainTrainer(config)
+    trainer.setup()
+    losses = [trainer.optimizer_step()["loss"] for _ in range(2)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    pipe = trainer.pipeline()
+    assert isinstance(pipe, StudioMusicPipeline)
+    trainer.export({"steps": 2, "train_minutes": 0.1})
+    saved = {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"model_index.json", "unet", "scheduler", "codec", "README.md"} <= saved
+    loaded = StudioMusicPipeline.from_pretrained(tmp_path / "model")
+    assert loaded.codec.config.n_mels == trainer.codec.config.n_mels
