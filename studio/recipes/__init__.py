@@ -53,9 +53,9 @@ def pretrain_shapes() -> PretrainConfig:
 
 
 def pretrain_synth() -> PretrainConfig:
-    """The embedded text-to-music base model: a 3.5M-parameter UNet on 64x128 log-mel spectrograms."""
-    # a 64x128 mel costs ~2.7x a 32x32 RGB image per sample here (7.3 vs 2.75 s per step at batch 16 vs 32,
-    # 1 contended thread): batch 16 and 1000 steps fit the one-hour budget
+    """The embedded text-to-music base model: a UNet on 80x128 log-mel spectrograms (MelCodec defaults)."""
+    # a 64x128 mel cost ~2.7x a 32x32 RGB image per sample here (7.3 vs 2.75 s per step at batch 16 vs 32,
+    # 1 contended thread); 80 mel bands (see studio/models/audio.py) cost 1.25x that
     return PretrainConfig(
         world="synth",
         out=Path("runs/pretrain-synth"),

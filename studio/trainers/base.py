@@ -173,7 +173,7 @@ class Trainer(ABC):
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
-        start, metrics = time.time(), {}
+        start, metrics, evaluated, evaluated_at = time.time(), {}, {}, -1
         bar = tqdm(
             total=self.config.max_steps,
             initial=self.step,
@@ -191,14 +191,16 @@ class Trainer(ABC):
             if self.step % self.config.checkpoint_every == 0 or out_of_time:
                 self.save_checkpoint()
             if self.config.sample_every and self.step % self.config.sample_every == 0:
-                self.run_evaluate()
+                evaluated, evaluated_at = self.run_evaluate(), self.step
             if out_of_time:
                 logger.warning("time budget of %s min spent at step %d; stopping", self.config.max_minutes, self.step)
                 break
         bar.close()
         if self.step % self.config.checkpoint_every:
             self.save_checkpoint()
-        metrics = {**metrics, **self.run_evaluate(), "train_minutes": (time.time() - start) / 60, "steps": self.step}
+        if evaluated_at != self.step:
+            evaluated = self.run_evaluate()
+        metrics = {**metrics, **evaluated, "train_minutes": (time.time() - start) / 60, "steps": self.step}
         if self.accelerator.is_main_process:
             self.export(metrics)
         return metrics
