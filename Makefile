@@ -19,7 +19,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 # The editable install points at this checkout; it is redone when the venv is shared from a cache.
 install: $(STAMP)
-	@$(PY) -c "import studio, pathlib, sys; sys.exit(pathlib.Path(studio.__file__).parent != pathlib.Path('studio').resolve())" 2>/dev/null \
+	@test -x $(VENV)/bin/mixstudio && $(PY) -P -c "import studio, pathlib, sys; \
+		sys.exit(pathlib.Path(studio.__file__).parent != pathlib.Path('studio').resolve())" 2>/dev/null \
 		|| $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
 # The main job on the embedded default: render world samples and score them with the eval judges.
