@@ -16,64 +16,39 @@ def tiny_model_dir(tiny_embedded_pipeline, tmp_path_factory):
 
 
 def test_generate_writes_images_and_a_manifest_eval_reads(tmp_path, capsys, tiny_model_dir):
+    args = [
+        "--quiet",
+        "generate",
+        "image",
+        "a red circle",
+        "-n",
+        "3",
+        "--steps",
+        "2",
+        "--guidance",
+        "3",
+        "--seed",
+        "5",
+    ]
+    args += [
+        "--scheduler",
+        "dpm++",
+        "--world",
+        "shapes",
+        "--negative-prompt",
+        "blurry",
+        "--model",
+        str(tiny_model_dir),
+    ]
     out = tmp_path / "gen"
-    code = main(
-        [
-            "--quiet",
-            "generate",
-            "image",
-            "a red circle",
-            "-n",
-            "3",
-            "--steps",
-            "2",
-            "--guidance",
-            "3",
-            "--seed",
-            "5",
-            "--scheduler",
-            "dpm++",
-            "--negative-prompt",
-            "blurry",
-            "--model",
-            str(tiny_model_dir),
-            "--world",
-            "shapes",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
+    assert main([*args, "--out", str(out)]) == 0, capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     assert [i["seed"] for i in manifest["items"]] == [5, 6, 7]
     assert manifest["meta"]["guidance"] == 3.0 and manifest["meta"]["scheduler"] == "dpm++"
     assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "0002.png", "grid.png", "manifest.json"]
 
     again = tmp_path / "again"
-    main(
-        [
-            "--quiet",
-            "generate",
-            "image",
-            "a red circle",
-            "-n",
-            "3",
-            "--steps",
-            "2",
-            "--guidance",
-            "3",
-            "--seed",
-            "5",
-            "--scheduler",
-            "dpm++",
-            "--negative-prompt",
-            "blurry",
-            "--model",
-            str(tiny_model_dir),
-            "--out",
-            str(again),
-        ]
-    )
+    assert main([*args, "--out", str(again)]) == 0
     assert (out / "0002.png").read_bytes() == (again / "0002.png").read_bytes()  # deterministic by seed
 
     manifest = read_manifest(out)  # what `mixstudio eval` reads

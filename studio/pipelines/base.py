@@ -13,6 +13,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
 )
+from diffusers.utils.torch_utils import randn_tensor
 
 from studio.guidance import check_guidance_scale, split_guided, uses_guidance
 from studio.models.text import encode_text, load_packaged_text_encoder
@@ -126,6 +127,19 @@ class StudioDiffusionPipeline(DiffusionPipeline):
         neg_embeds, neg_mask = encode_text(self.text_encoder, self.tokenizer, neg_texts, device)
         embeds = torch.cat([neg_embeds, embeds]).to(self.unet.dtype)
         return embeds, None if mask is None else torch.cat([neg_mask, mask])
+
+    def initial_noise(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Noise of ``shape`` (or the given ``latents``, checked) scaled by the scheduler's ``init_noise_sigma``."""
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self.execution_device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        return latents.to(self.execution_device, self.unet.dtype) * self.scheduler.init_noise_sigma
 
     def prepare_timesteps(self, num_inference_steps: int) -> torch.Tensor:
         self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)

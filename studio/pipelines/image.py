@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from studio.pipelines.base import StepCallback, StudioDiffusionPipeline
 
@@ -75,11 +74,7 @@ class StudioImagePipeline(StudioDiffusionPipeline):
     ) -> torch.Tensor:
         """Initial noise ``(B, C, h, w)`` scaled by the scheduler's ``init_noise_sigma``."""
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self.execution_device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        return latents.to(self.execution_device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        return self.initial_noise(shape, generator, latents)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents → images ``(B, 3, H, W)`` in [-1, 1]."""

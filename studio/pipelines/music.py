@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from studio.models.audio import MelCodec
 from studio.pipelines.base import StepCallback, StudioDiffusionPipeline
@@ -92,11 +91,7 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
     ) -> torch.Tensor:
         """Initial noise ``(B, 1, n_mels, frames)`` scaled by the scheduler's ``init_noise_sigma``."""
         shape = (batch, self.unet.config.in_channels, self.codec.config.n_mels, frames)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self.execution_device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        return latents.to(self.execution_device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        return self.initial_noise(shape, generator, latents)
 
     def decode(self, mels: torch.Tensor) -> torch.Tensor:
         """Mels ``(B, 1, M, F)`` in [-1, 1] → waveforms ``(B, F · hop)``."""
