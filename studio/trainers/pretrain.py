@@ -42,6 +42,8 @@ class PretrainConfig(TrainerConfig):
         text_encoder: the packaged text encoder (frozen).
         condition_dropout: probability of training on the empty prompt (makes CFG possible).
         num_train_timesteps: DDPM steps; beta_schedule: the noise schedule.
+        prediction_type: what the UNet predicts: the noise ``epsilon`` or the velocity ``v_prediction``
+            (Salimans & Ho 2022, ``v = α·ε − σ·x0``), which keeps low-noise steps informative.
         snr_gamma: min-SNR loss weighting γ (Hang et al. 2023), or None for plain MSE.
         ema_decay: EMA decay of the exported weights, or None to export the raw weights.
         sample_prompts: how many held-out prompts the sample grid shows during training.
@@ -57,6 +59,7 @@ class PretrainConfig(TrainerConfig):
     condition_dropout: float = 0.1
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     snr_gamma: float | None = 5.0
     ema_decay: float | None = 0.999
     sample_prompts: int = 8
@@ -93,6 +96,7 @@ class PretrainTrainer(Trainer):
             cross_attention_dim=self.text_encoder.config.hidden_size,
         )
         self.noise_scheduler = DDPMScheduler(
+            prediction_type=cfg.prediction_type,
             num_train_timesteps=cfg.num_train_timesteps,
             beta_schedule=cfg.beta_schedule,
             clip_sample=cfg.world == "shapes",
@@ -129,19 +133,21 @@ class PretrainTrainer(Trainer):
         embeds, mask = apply_condition_dropout(embeds, self.null_embeds, drop, mask, self.null_mask)
 
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        target = noise if cfg.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, noise, t)
         pred = self.model(noisy, t, encoder_hidden_states=embeds, encoder_attention_mask=mask).sample
-        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         weights = self.snr_weights(t)
         loss = (per_sample * weights).mean()
         return loss, {"mse": per_sample.mean().item()}
 
     def snr_weights(self, t: torch.Tensor) -> torch.Tensor:
-        """min-SNR-γ weights for ε-prediction: ``min(SNR, γ) / SNR`` (Hang et al. 2023, eq. 9)."""
+        """min-SNR-γ weights: ``min(SNR, γ) / SNR`` for ε, ``min(SNR, γ) / (SNR + 1)`` for v (Hang et al. 2023)."""
         if self.config.snr_gamma is None:
             return torch.ones_like(t, dtype=torch.float32)
         alphas = self.noise_scheduler.alphas_cumprod.to(t.device)[t]
         snr = alphas / (1 - alphas)
-        return torch.clamp(snr, max=self.config.snr_gamma) / snr
+        denominator = snr if self.config.prediction_type == "epsilon" else snr + 1
+        return torch.clamp(snr, max=self.config.snr_gamma) / denominator
 
     def after_step(self) -> None:
         if self.ema is not None:

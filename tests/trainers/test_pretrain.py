@@ -108,3 +108,14 @@ def test_music_pretraining_steps_and_exports_a_music_pipeline(tmp_path):
     assert {"model_index.json", "unet", "scheduler", "codec", "README.md"} <= saved
     loaded = StudioMusicPipeline.from_pretrained(tmp_path / "model")
     assert loaded.codec.config.n_mels == trainer.codec.config.n_mels
+
+
+def test_v_prediction_trains_and_reaches_the_sampler(tmp_path):
+    trainer = PretrainTrainer(tiny_config(tmp_path, prediction_type="v_prediction", snr_gamma=None, lr=2e-3))
+    trainer.setup()
+    first = [trainer.optimizer_step()["mse"] for _ in range(3)]
+    for _ in range(12):
+        trainer.step %= 3
+        last = trainer.optimizer_step()["mse"]
+    assert last < first[trainer.step - 1]
+    assert trainer.pipeline().scheduler.config.prediction_type == "v_prediction"
