@@ -173,7 +173,7 @@ class Trainer(ABC):
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
-        start, metrics, evaluated, evaluated_at = time.time(), {}, {}, -1
+        start, metrics, evaluated, evaluated_at, saved_at = time.time(), {}, {}, -1, self.step
         bar = tqdm(
             total=self.config.max_steps,
             initial=self.step,
@@ -190,13 +190,14 @@ class Trainer(ABC):
             out_of_time = self.config.max_minutes is not None and time.time() - start > 60 * self.config.max_minutes
             if self.step % self.config.checkpoint_every == 0 or out_of_time:
                 self.save_checkpoint()
+                saved_at = self.step
             if self.config.sample_every and self.step % self.config.sample_every == 0:
                 evaluated, evaluated_at = self.run_evaluate(), self.step
             if out_of_time:
                 logger.warning("time budget of %s min spent at step %d; stopping", self.config.max_minutes, self.step)
                 break
         bar.close()
-        if self.step % self.config.checkpoint_every:
+        if saved_at != self.step:
             self.save_checkpoint()
         if evaluated_at != self.step:
             evaluated = self.run_evaluate()

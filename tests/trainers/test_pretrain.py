@@ -119,3 +119,14 @@ def test_v_prediction_trains_and_reaches_the_sampler(tmp_path):
         last = trainer.optimizer_step()["mse"]
     assert last < first[trainer.step - 1]
     assert trainer.pipeline().scheduler.config.prediction_type == "v_prediction"
+
+
+def test_fit_checkpoints_once_samples_and_exports_a_card(tmp_path):
+    config = tiny_config(tmp_path / "run", max_steps=2, sample_prompts=1, export=tmp_path / "shipped")
+    metrics = PretrainTrainer(config, command="mixstudio train pretrain-shapes --set max_steps=2").fit()
+    assert metrics["steps"] == 2 and 0.0 <= metrics["sample_adherence"] <= 1.0
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["latest", "step-00000002"]
+    assert [p.name for p in (tmp_path / "run" / "samples").iterdir()] == ["step-00000002.png"]
+    card = (tmp_path / "shipped" / "README.md").read_text()
+    assert "mixstudio train pretrain-shapes --set max_steps=2" in card and "Steps: 2 at batch 4" in card
+    assert not (tmp_path / "run" / "log.csv").exists()  # log_every=10 > 2 steps: nothing logged yet
