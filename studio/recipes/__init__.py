@@ -36,10 +36,14 @@ def _judge(world: str, role: str) -> Callable[[], JudgeTrainConfig]:
 def pretrain_shapes() -> PretrainConfig:
     """The embedded text-to-image base model: a 3.1M-parameter pixel-space UNet on 32x32 shapes."""
     # (32, 64, 96) trains 1.8x faster per step than (64, 96, 96) on this CPU (2.75 vs 4.9 s at batch 32,
-    # 1 contended thread); in a one-hour budget more steps beat more width.
+    # 1 contended thread); in a one-hour budget more steps beat more width. v-prediction without min-SNR:
+    # after ~1450 steps, eval-judge colour adherence on training-vocabulary prompts (w=4, DDIM 25) was 0.969,
+    # against 0.31 for epsilon + min-SNR-5, whose DDIM samples kept residual noise.
     return PretrainConfig(
         world="shapes",
         out=Path("runs/pretrain-shapes"),
+        prediction_type="v_prediction",
+        snr_gamma=None,
         channels=(32, 64, 96),
         attention_levels=(1, 2),
         max_steps=1400,
@@ -59,6 +63,8 @@ def pretrain_synth() -> PretrainConfig:
     return PretrainConfig(
         world="synth",
         out=Path("runs/pretrain-synth"),
+        prediction_type="v_prediction",
+        snr_gamma=None,
         channels=(32, 64, 64, 96),
         attention_levels=(2, 3),
         max_steps=1000,
