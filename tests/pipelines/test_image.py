@@ -52,30 +52,22 @@ def test_latents_callback_and_guidance_cost(tiny_embedded_pipeline):
         return {"latents": tensors["latents"]}
 
     latents = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    unguided = {
+        "num_images_per_prompt": 2,
+        "num_inference_steps": 3,
+        "guidance_scale": 1.0,
+        "latents": latents,
+        "output_type": "pt",
+    }
     try:
-        out1 = pipe(
-            "a red circle",
-            num_images_per_prompt=2,
-            num_inference_steps=3,
-            guidance_scale=1.0,
-            latents=latents,
-            output_type="pt",
-            callback_on_step_end=callback,
-        ).images
+        out1 = pipe("a red circle", callback_on_step_end=callback, **unguided).images
         assert batch_sizes == [2, 2, 2] and steps_seen == [0, 1, 2]  # no CFG: one pass per step
         batch_sizes.clear()
         pipe("a red circle", num_images_per_prompt=2, num_inference_steps=3, guidance_scale=4.0, latents=latents)
         assert batch_sizes == [4, 4, 4]  # CFG doubles the batch
     finally:
         hook.remove()
-    out2 = pipe(
-        "a red circle",
-        num_images_per_prompt=2,
-        num_inference_steps=3,
-        guidance_scale=1.0,
-        latents=latents,
-        output_type="pt",
-    ).images
+    out2 = pipe("a red circle", **unguided).images
     torch.testing.assert_close(out1, out2)
     assert out1.min() >= 0 and out1.max() <= 1
 
