@@ -147,49 +147,59 @@ def coverage(shape: str, cx: float, cy: float, radius: float, angle: float) -> n
 # Background colours are never object colours, and their words only ever occur inside a background phrase.
 PHRASES: dict[str, dict[str, list[Phrase]]] = {
     "shape": {
-        "circle": phrase_list(["circle", "disc", "round dot", "dot"], ["round shape"]),
-        "square": phrase_list(["square", "box", "block"], ["tile"]),
-        "triangle": phrase_list(["triangle", "three-sided shape"], ["wedge"]),
-        "star": phrase_list(["star", "five-pointed star"], ["starburst"]),
-        "ring": phrase_list(["ring", "donut", "hoop"], ["loop"]),
-        "cross": phrase_list(["cross", "plus sign"], ["plus symbol"]),
+        "circle": phrase_list(["circle", "disc", "round dot", "dot"], ["circular shape", "circular dot"]),
+        "square": phrase_list(["square", "box", "block"], ["square tile", "squared block"]),
+        "triangle": phrase_list(["triangle", "three-sided shape"], ["triangular shape", "triangular wedge"]),
+        "star": phrase_list(["star", "five-pointed star"], ["star shape", "pointed star"]),
+        "ring": phrase_list(["ring", "donut", "hoop"], ["hollow ring", "ring shape"]),
+        "cross": phrase_list(["cross", "plus sign"], ["plus mark", "plus-shaped cross"]),
     },
     "colour": {
-        "red": phrase_list(["red", "crimson"], ["scarlet"]),
-        "orange": phrase_list(["orange", "tangerine"], ["amber"]),
-        "yellow": phrase_list(["yellow", "golden"], ["lemon"]),
-        "green": phrase_list(["green", "emerald"], ["jade"]),
-        "cyan": phrase_list(["cyan", "turquoise"], ["aqua"]),
-        "blue": phrase_list(["blue", "cobalt"], ["sapphire"]),
-        "purple": phrase_list(["purple", "violet"], ["lilac"]),
-        "pink": phrase_list(["pink", "rose"], ["fuchsia"]),
+        "red": phrase_list(["red", "crimson"], ["reddish", "red-coloured"]),
+        "orange": phrase_list(["orange", "tangerine"], ["orangey", "orange-coloured"]),
+        "yellow": phrase_list(["yellow", "golden"], ["yellowish", "yellow-coloured"]),
+        "green": phrase_list(["green", "emerald"], ["greenish", "green-coloured"]),
+        "cyan": phrase_list(["cyan", "turquoise"], ["cyan-tinted", "cyan-coloured"]),
+        "blue": phrase_list(["blue", "cobalt"], ["bluish", "blue-coloured"]),
+        "purple": phrase_list(["purple", "violet"], ["purple-coloured", "violet-purple"]),
+        "pink": phrase_list(["pink", "rose"], ["pinkish", "pink-coloured"]),
     },
     "size": {
-        "small": phrase_list(["small", "tiny", "little"], ["petite"]),
-        "medium": phrase_list(["medium", "medium-sized", "average-sized"], ["mid-sized"]),
-        "large": phrase_list(["large", "big", "huge"], ["giant"]),
+        "small": phrase_list(["small", "tiny", "little"], ["smallish", "very small"]),
+        "medium": phrase_list(["medium", "medium-sized", "average-sized"], ["mid-sized", "middle-sized"]),
+        "large": phrase_list(["large", "big", "huge"], ["very large", "oversized"]),
     },
     "position": {
         "top left": phrase_list(
             ["in the top left corner", "at the top left", "in the top left"],
-            ["in the upper left", "up and to the left"],
+            ["in the top-left corner", "toward the top left"],
         ),
-        "top": phrase_list(["at the top", "along the top edge", "near the top"], ["up top"]),
+        "top": phrase_list(
+            ["at the top", "along the top edge", "near the top"], ["at the very top", "toward the top"]
+        ),
         "top right": phrase_list(
             ["in the top right corner", "at the top right", "in the top right"],
-            ["in the upper right", "up and to the right"],
+            ["in the top-right corner", "toward the top right"],
         ),
-        "left": phrase_list(["on the left", "at the left", "on the left side"], ["to the left"]),
-        "centre": phrase_list(["in the centre", "in the center", "in the middle"], ["centred", "centered"]),
-        "right": phrase_list(["on the right", "at the right", "on the right side"], ["to the right"]),
+        "left": phrase_list(
+            ["on the left", "at the left", "on the left side"], ["on the left-hand side", "toward the left"]
+        ),
+        "centre": phrase_list(
+            ["in the centre", "in the center", "in the middle"], ["right in the middle", "at the centre"]
+        ),
+        "right": phrase_list(
+            ["on the right", "at the right", "on the right side"], ["on the right-hand side", "toward the right"]
+        ),
         "bottom left": phrase_list(
             ["in the bottom left corner", "at the bottom left", "in the bottom left"],
-            ["in the lower left", "down and to the left"],
+            ["in the bottom-left corner", "toward the bottom left"],
         ),
-        "bottom": phrase_list(["at the bottom", "along the bottom edge", "near the bottom"], ["down low"]),
+        "bottom": phrase_list(
+            ["at the bottom", "along the bottom edge", "near the bottom"], ["at the very bottom", "toward the bottom"]
+        ),
         "bottom right": phrase_list(
             ["in the bottom right corner", "at the bottom right", "in the bottom right"],
-            ["in the lower right", "down and to the right"],
+            ["in the bottom-right corner", "toward the bottom right"],
         ),
     },
     "background": {

@@ -64,19 +64,21 @@ EVAL_SEED = 20240611
 
 
 def _key_phrases() -> dict[str, list[Phrase]]:
-    """``in c`` / ``in the key of c sharp`` for training; ``rooted in c`` and flat spellings held out."""
+    """``in c`` / ``in the key of c sharp`` for training; ``rooted in c`` / ``centred on c`` held out.
+
+    Flat spellings are not offered: a frozen text encoder cannot know that "a flat" is "g sharp".
+    """
     table = {}
-    for i, key in enumerate(KEYS):
+    for key in KEYS:
         spoken = key[0].lower() + (" sharp" if key.endswith("#") else "")
         phrases = [
             Phrase(f"in {spoken}"),
             Phrase(f"in the key of {spoken}"),
             Phrase(f"rooted in {spoken}", "held_out"),
+            Phrase(f"centred on {spoken}", "held_out"),
         ]
-        if key.endswith("#"):  # "rooted in a flat" must beat "rooted in a" in the longest match
+        if key.endswith("#"):
             phrases += [Phrase(f"in {key.lower()}"), Phrase(f"in the key of {key.lower()}")]
-            flat = f"{KEYS[i + 1].lower()} flat"
-            phrases += [Phrase(f"in {flat}", "held_out"), Phrase(f"rooted in {flat}", "held_out")]
         table[key] = phrases
     return table
 
@@ -88,21 +90,21 @@ def _phrases(train: str, held_out: str) -> list[Phrase]:
 
 PHRASES: dict[str, dict[str, list[Phrase]]] = {
     "tempo": {
-        "slow": _phrases("slow;laid-back;relaxed", "unhurried"),
-        "medium": _phrases("mid-tempo;moderate;medium-tempo", "steady"),
-        "fast": _phrases("fast;upbeat;quick", "brisk"),
+        "slow": _phrases("slow;laid-back;relaxed", "slow-paced;slowly paced"),
+        "medium": _phrases("mid-tempo;moderate;medium-tempo", "medium-paced;moderately paced"),
+        "fast": _phrases("fast;upbeat;quick", "fast-paced;very fast"),
     },
     "key": _key_phrases(),
     "mode": {
-        "major": _phrases("major;happy;bright", "cheerful"),
-        "minor": _phrases("minor;sad;melancholic", "gloomy"),
+        "major": _phrases("major;happy;bright", "major-key;happy-sounding"),
+        "minor": _phrases("minor;sad;melancholic", "minor-key;sad-sounding"),
     },
     "lead": {
-        "pluck": _phrases("plucked;pluck;harp-like", "pizzicato"),
+        "pluck": _phrases("plucked;pluck;harp-like", "plucked-string;pluck-like"),
         "organ": _phrases("organ;church organ;drawbar organ", "electric organ"),
         "square": _phrases("square lead;chiptune;8-bit", "square wave"),
         "pad": _phrases("pad;ambient pad;synth pad", "lush pad"),
-        "bell": _phrases("bell;chimes;bells", "glockenspiel"),
+        "bell": _phrases("bell;chimes;bells", "bell-like;chiming bells"),
     },
     "drums": {
         "none": _phrases("no drums;without drums;drumless", "no percussion"),
@@ -112,7 +114,7 @@ PHRASES: dict[str, dict[str, list[Phrase]]] = {
     },
     "bass": {
         "sustained": _phrases("long bass notes;droning bass;sustained bass", "held bass notes"),
-        "pulsing": _phrases("pulsing bass;driving bass;eighth-note bass", "throbbing bass"),
+        "pulsing": _phrases("pulsing bass;driving bass;eighth-note bass", "pulsing bassline;pulsed bass"),
         "walking": _phrases("walking bass;moving bass line;walking bass line", "wandering bass line"),
     },
 }

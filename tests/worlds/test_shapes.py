@@ -187,5 +187,7 @@ def test_sample_for_prompt_honours_the_prompt_labels() -> None:
         sample = WORLD.sample_for_prompt(prompt, seed)
         assert prompt.labels.items() <= sample.labels.items()
         assert sample.caption == prompt.text
-    prompt = Prompt("a giant lilac starburst in the upper right", {"size": "large", "colour": "purple"})
+    prompt = Prompt(
+        "an oversized violet-purple star shape in the top-right corner", {"size": "large", "colour": "purple"}
+    )
     assert WORLD.sample_for_prompt(prompt, 1).labels["colour"] == "purple"

@@ -160,7 +160,7 @@ def test_check_labels_rejects_unknown_attribute_and_value():
 
 def test_sample_for_prompt_honours_the_prompt():
     prompt = Prompt(
-        "a brisk gloomy piece led by a glockenspiel line", {"tempo": "fast", "mode": "minor", "lead": "bell"}
+        "a fast-paced sad-sounding piece led by a bell-like line", {"tempo": "fast", "mode": "minor", "lead": "bell"}
     )
     for seed in range(3):
         sample = WORLD.sample_for_prompt(prompt, seed)
@@ -211,7 +211,8 @@ def test_single_letter_a_is_not_a_key_but_in_a_is():
     assert WORLD.parse_prompt("a fast tune") == {"tempo": "fast"}
     assert WORLD.parse_prompt("a slow tune in a minor") == {"tempo": "slow", "key": "A", "mode": "minor"}
     assert WORLD.parse_prompt("pad in c sharp major") == {"lead": "pad", "key": "C#", "mode": "major"}
-    assert WORLD.parse_prompt("rooted in a flat") == {"key": "G#"}
+    assert WORLD.parse_prompt("centred on a sharp") == {"key": "A#"}
+    assert WORLD.parse_prompt("rooted in a, minor-key") == {"key": "A", "mode": "minor"}
 
 
 def test_eval_prompts_are_fixed_held_out_and_cover_every_value():
