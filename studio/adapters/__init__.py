@@ -1,0 +1,79 @@
+"""Adapters: LoRA, OFT, BOFT, GOFT, qGOFT, ETHER, ETHER+, DiffuseKronA and LoKr behind one merge contract.
+
+Pick a method by name in ``METHODS``, build its config, and :func:`add_adapter` it to a model; every method
+supports a strength ``scale`` that keeps orthogonal methods orthogonal (see ``studio.adapters.base``).
+"""
+
+from studio.adapters.base import Adapter, AdapterLayer, AdditiveAdapter, LayerShape, MultiplicativeAdapter
+from studio.adapters.config import (
+    METHODS,
+    AdapterConfig,
+    BOFTConfig,
+    DiffuseKronAConfig,
+    ETHERConfig,
+    ETHERPlusConfig,
+    GOFTConfig,
+    LoKrConfig,
+    LoRAConfig,
+    OFTConfig,
+    QGOFTConfig,
+    config_from_dict,
+    config_to_dict,
+)
+from studio.adapters.inject import (
+    DEFAULT_TARGETS,
+    adapter_layers,
+    adapter_state_dict,
+    adapter_targets,
+    add_adapter,
+    delete_adapter,
+    disable_adapters,
+    enable_adapters,
+    merge_adapters,
+    orthogonality_penalty,
+    set_adapter_scale,
+    trainable_parameters,
+    unmerge_adapters,
+)
+from studio.adapters.io import load_adapter, read_adapter_header, save_adapter
+from studio.adapters.peft_interop import export_peft_lora, export_peft_oft, import_peft_lora
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "METHODS",
+    "Adapter",
+    "AdapterConfig",
+    "AdapterLayer",
+    "AdditiveAdapter",
+    "BOFTConfig",
+    "DiffuseKronAConfig",
+    "ETHERConfig",
+    "ETHERPlusConfig",
+    "GOFTConfig",
+    "LayerShape",
+    "LoKrConfig",
+    "LoRAConfig",
+    "MultiplicativeAdapter",
+    "OFTConfig",
+    "QGOFTConfig",
+    "adapter_layers",
+    "adapter_state_dict",
+    "adapter_targets",
+    "add_adapter",
+    "config_from_dict",
+    "config_to_dict",
+    "delete_adapter",
+    "disable_adapters",
+    "enable_adapters",
+    "export_peft_lora",
+    "export_peft_oft",
+    "import_peft_lora",
+    "load_adapter",
+    "merge_adapters",
+    "orthogonality_penalty",
+    "read_adapter_header",
+    "save_adapter",
+    "set_adapter_scale",
+    "trainable_parameters",
+    "unmerge_adapters",
+]

@@ -1,0 +1,409 @@
+"""``AdapterLayer`` wraps one ``nn.Linear`` or ``nn.Conv2d``; adapters are small modules with a merge contract.
+
+Conventions every method follows:
+
+* **Flattened weights.** ``W`` is ``(d_out, d_in)``: ``d_in`` is ``in_features`` for a Linear and
+  ``C_in · kh · kw`` for a Conv2d, in the order of ``weight.reshape(d_out, -1)``.
+* **Additive adapters** (LoRA, DiffuseKronA, LoKr): ``W' = W + ΔW(s)``; ``ΔW`` is linear in the strength ``s``.
+* **Multiplicative adapters** (OFT, BOFT, GOFT, qGOFT, ETHER, ETHER+) act on the **input side**:
+  ``W' = L(s) · W · R(s)ᵀ``, i.e. ``y = L(s) (W (R(s)ᵀ x)) + b``, the OFT paper's ``z = (R W₀)ᵀ x`` written with
+  torch's ``(d_out, d_in)`` weights, and PEFT's convention. For a k×k conv, ``R`` acts on the flattened
+  ``(C_in, kh, kw)`` dimension. ``L`` is the identity except for BOFT (a diagonal output scale) and two-sided ETHER+.
+  The strength scales the generator (Cayley ``Q``, Givens angles, ...), not ``R - I``.
+* **Several adapters on one layer** compose in insertion order, each acting on the weight the previous ones
+  produced: ``W_k = f_k(W_{k-1})``. Two additive adapters therefore add up, ``W + ΔW_1 + ΔW_2``; an additive
+  adapter added after a multiplicative one is not rotated. ``merge()`` applies exactly this sequence.
+* **Forward.** Disabled → the base layer. Otherwise the base layer (holding any merged adapters) plus the unmerged
+  adapters. Linear and 1×1 conv layers never build ``W'``: rotations act on the input features and additive
+  adapters add ``ΔW x`` computed from their factors. k×k convs build the effective kernel once per call (one
+  weight-sized tensor, far cheaper than unfolding activations to ``(N, C_in·kh·kw)``) and run one convolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from studio.adapters.maths import divisors
+
+if TYPE_CHECKING:
+    from studio.adapters.config import AdapterConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 32
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """Sizes of the wrapped layer as the adapters see them."""
+
+    d_out: int
+    """Output features (``out_features`` or ``C_out``)."""
+    d_in: int
+    """Flattened input features (``in_features`` or ``C_in · kh · kw``)."""
+    in_channels: int
+    """``in_features`` or ``C_in``."""
+    kernel_numel: int
+    """``kh · kw``; 1 for a Linear."""
+
+
+def layer_shape(base: nn.Linear | nn.Conv2d) -> LayerShape:
+    """The :class:`LayerShape` adapters see for ``base``."""
+    if isinstance(base, nn.Linear):
+        return LayerShape(base.out_features, base.in_features, base.in_features, 1)
+    kh, kw = base.kernel_size
+    return LayerShape(base.out_channels, base.in_channels * kh * kw, base.in_channels, kh * kw)
+
+
+def check_divides(field: str, value: int, dim: int, what: str) -> None:
+    """Raise a ValueError naming ``field`` when ``value`` does not divide ``dim``, listing the valid values."""
+    if dim % value:
+        raise ValueError(f"{field}={value} does not divide this layer's {what} ({dim}); use one of {divisors(dim)}")
+
+
+def resolve_blocks(owner: str, block_size: int | None, num_blocks: int | None, dim: int) -> tuple[int, int]:
+    """Turn ``block_size`` / ``num_blocks`` (at most one given) into ``(num_blocks, block_size)`` tiling ``dim``.
+
+    Neither given means ``block_size = DEFAULT_BLOCK_SIZE``.
+
+    Raises:
+        ValueError: if the blocks do not tile ``dim``; the message lists the valid sizes.
+    """
+    if num_blocks is not None:
+        check_divides(f"{owner}.num_blocks", num_blocks, dim, "input features")
+        return num_blocks, dim // num_blocks
+    size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    check_divides(f"{owner}.block_size", size, dim, "input features")
+    return dim // size, size
+
+
+class Adapter(nn.Module):
+    """One named adapter on one layer: parameters plus the merge contract.
+
+    Subclasses implement either :class:`AdditiveAdapter` or :class:`MultiplicativeAdapter`. Parameters are created
+    on the CPU in float32 from ``generator``; the layer moves them to the base weight's device and dtype.
+    """
+
+    additive: ClassVar[bool]
+
+    def __init__(self, config: AdapterConfig, shape: LayerShape) -> None:
+        super().__init__()
+        self.config = config
+        self.shape = shape
+
+    def merge_weight(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        """Return ``W'`` for the flattened ``(d_out, d_in)`` weight ``W`` at strength ``scale``."""
+        raise NotImplementedError
+
+    def unmerge_weight(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        """Invert :meth:`merge_weight`; only called when :meth:`exactly_invertible` is True."""
+        raise NotImplementedError
+
+    def exactly_invertible(self, scale: float) -> bool:
+        """Whether :meth:`unmerge_weight` restores ``W`` to float rounding; if not, the layer keeps a copy."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{self.config!r}, d_out={self.shape.d_out}, d_in={self.shape.d_in}"
+
+
+class AdditiveAdapter(Adapter):
+    """``W' = W + ΔW(s)`` with ``ΔW`` linear in ``s``."""
+
+    additive = True
+
+    def delta_weight(self, scale: float) -> torch.Tensor:
+        """The ``(d_out, d_in)`` update ``ΔW(s)``."""
+        raise NotImplementedError
+
+    def delta_forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        """``x @ ΔW(s)ᵀ`` for ``x`` of shape ``(..., d_in)``; subclasses avoid building ``ΔW``."""
+        return x @ self.delta_weight(scale).transpose(0, 1)
+
+    def merge_weight(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        return weight + self.delta_weight(scale)
+
+    def unmerge_weight(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        return weight - self.delta_weight(scale)
+
+    def exactly_invertible(self, scale: float) -> bool:
+        return True
+
+
+class MultiplicativeAdapter(Adapter):
+    """``W' = L(s) · W · R(s)ᵀ``: an input-side transform ``R`` and an optional output-side ``L``."""
+
+    additive = False
+    has_output_map: ClassVar[bool] = False
+
+    def rotate_input(self, x: torch.Tensor, scale: float, transpose: bool = False) -> torch.Tensor:
+        """``x @ R(s)`` (or ``x @ R(s)ᵀ`` when ``transpose``) for rows ``x`` of shape ``(..., d_in)``.
+
+        The forward pass feeds ``x @ R`` (i.e. ``Rᵀ x`` for column vectors) to the base layer; merging applies
+        ``W @ Rᵀ`` to the weight rows.
+        """
+        raise NotImplementedError
+
+    def map_output(self, z: torch.Tensor, scale: float, inverse: bool = False) -> torch.Tensor:
+        """``z @ L(s)ᵀ`` (or ``z @ L(s)^{-ᵀ}``) for rows ``z`` of shape ``(..., d_out)``; identity by default."""
+        return z
+
+    def orthogonal(self, scale: float) -> bool:
+        """Whether ``R(s)`` is exactly orthogonal (up to float rounding)."""
+        raise NotImplementedError
+
+    def transform(self, scale: float) -> torch.Tensor:
+        """The dense ``(d_in, d_in)`` matrix ``R(s)``, for tests and inspection (forward never builds it)."""
+        eye = torch.eye(self.shape.d_in, dtype=self._dtype(), device=self._device())
+        return self.rotate_input(eye, scale)
+
+    def output_transform(self, scale: float) -> torch.Tensor:
+        """The dense ``(d_out, d_out)`` matrix ``L(s)``."""
+        eye = torch.eye(self.shape.d_out, dtype=self._dtype(), device=self._device())
+        return self.map_output(eye, scale).transpose(0, 1)
+
+    def merge_weight(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        rotated = self.rotate_input(weight, scale, transpose=True)
+        if self.has_output_map:
+            rotated = self.map_output(rotated.transpose(0, 1), scale).transpose(0, 1)
+        return rotated
+
+    def unmerge_weight(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        # W' = L W Rᵀ and RᵀR = I, so W = (L⁻¹ W') R.
+        if self.has_output_map:
+            weight = self.map_output(weight.transpose(0, 1), scale, inverse=True).transpose(0, 1)
+        return self.rotate_input(weight, scale)
+
+    def exactly_invertible(self, scale: float) -> bool:
+        return self.orthogonal(scale) and not self.has_output_map
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+@dataclass
+class _Merged:
+    name: str
+    scale: float
+    saved: torch.Tensor | None  # pre-merge weight, kept only when the inverse is not exact
+
+
+def _check_base(base: nn.Module) -> None:
+    if isinstance(base, AdapterLayer):
+        raise TypeError("base is already an AdapterLayer; call its add_adapter() to stack another adapter")
+    if not isinstance(base, nn.Linear | nn.Conv2d):
+        raise TypeError(f"AdapterLayer wraps nn.Linear or nn.Conv2d; got {type(base).__name__}")
+    if isinstance(base, nn.Conv2d) and base.groups != 1:
+        raise ValueError(f"Conv2d groups={base.groups} is not supported; adapters wrap convs with groups=1")
+    if isinstance(base, nn.Conv2d) and base.padding_mode != "zeros":
+        raise ValueError(f"Conv2d padding_mode={base.padding_mode!r} is not supported; only 'zeros'")
+
+
+class AdapterLayer(nn.Module):
+    """Wraps an ``nn.Linear`` / ``nn.Conv2d`` (groups=1) and holds named adapters in ``self.adapters``.
+
+    Adapter parameters live at ``adapters.<name>.<param>``; strengths in ``scales[name]`` (default 1.0).
+    """
+
+    def __init__(self, base: nn.Linear | nn.Conv2d) -> None:
+        super().__init__()
+        _check_base(base)
+        self.base_layer = base
+        self.adapters = nn.ModuleDict()
+        self.scales: dict[str, float] = {}
+        self.disabled = False
+        self._merged: list[_Merged] = []
+
+    @property
+    def shape(self) -> LayerShape:
+        return layer_shape(self.base_layer)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """The base layer's weight (code that reads ``layer.weight.dtype`` keeps working after wrapping)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> nn.Parameter | None:
+        """The base layer's bias."""
+        return self.base_layer.bias
+
+    @property
+    def merged_names(self) -> list[str]:
+        """Adapters currently merged into the base weight, in merge order."""
+        return [m.name for m in self._merged]
+
+    def add_adapter(self, name: str, config: AdapterConfig, *, generator: torch.Generator | None = None) -> Adapter:
+        """Create adapter ``name`` from ``config`` at strength 1.0, initialised as in its paper.
+
+        Every method starts as the identity except ETHER, which starts as a reflection (see ``ether.py``).
+
+        Raises:
+            ValueError: for an empty, dotted or existing name, or sizes the layer cannot take.
+        """
+        # Imported here: config.py imports every method module, which imports this file.
+        from studio.adapters.config import adapter_class
+
+        if not name or "." in name or name in self.adapters:
+            raise ValueError(
+                f"adapter name {name!r} is invalid here: it must be non-empty, contain no '.', and not exist "
+                f"already (existing: {list(self.adapters)}); pick another name"
+            )
+        adapter = adapter_class(config)(config, self.shape, generator=generator)
+        weight = self.base_layer.weight
+        self.adapters[name] = adapter.to(device=weight.device, dtype=weight.dtype)
+        self.scales[name] = 1.0
+        return self.adapters[name]
+
+    def set_scale(self, name: str, scale: float) -> None:
+        """Set the strength of adapter ``name``; see each method for what ``scale`` means.
+
+        Raises:
+            ValueError: for an unknown or merged adapter, or a non-finite scale.
+        """
+        self._require(name)
+        if not math.isfinite(float(scale)):
+            raise ValueError(f"scale={scale!r} for adapter {name!r} must be a finite number")
+        if name in self.merged_names:
+            raise ValueError(f"adapter {name!r} is merged; call unmerge() before changing its scale")
+        self.scales[name] = float(scale)
+
+    def enable(self) -> None:
+        """Apply the adapters again after :meth:`disable`."""
+        self.disabled = False
+
+    def disable(self) -> None:
+        """Make forward return the base layer's output; merged adapters are unmerged first."""
+        if self._merged:
+            logger.info("unmerging %s before disabling adapters", self.merged_names)
+            self.unmerge()
+        self.disabled = True
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter ``name``. Raises ValueError if it is unknown or merged."""
+        self._require(name)
+        if name in self.merged_names:
+            raise ValueError(f"adapter {name!r} is merged; call unmerge() before deleting it")
+        del self.adapters[name]
+        del self.scales[name]
+
+    def _require(self, name: str) -> None:
+        if name not in self.adapters:
+            raise ValueError(f"no adapter named {name!r} on this layer; existing: {list(self.adapters)}")
+
+    def _read_weight(self) -> torch.Tensor:
+        return self.base_layer.weight.detach().reshape(self.shape.d_out, self.shape.d_in)
+
+    def _write_weight(self, flat: torch.Tensor) -> None:
+        weight = self.base_layer.weight
+        weight.data.copy_(flat.reshape(weight.shape))
+
+    @torch.no_grad()
+    def merge(self, names: list[str] | None = None) -> None:
+        """Fold adapters into the base weight, in the order given (default: every unmerged adapter).
+
+        Raises:
+            ValueError: for unknown or already merged names, or when an adapter produces non-finite weights (the
+                message names it; adapters before it in ``names`` stay merged, it and later ones do not).
+        """
+        names = [n for n in self.adapters if n not in self.merged_names] if names is None else list(names)
+        for name in names:
+            self._require(name)
+            if name in self.merged_names:
+                raise ValueError(f"adapter {name!r} is already merged; merged: {self.merged_names}")
+        for name in names:
+            adapter, scale = self.adapters[name], self.scales[name]
+            weight = self._read_weight()
+            saved = None if adapter.exactly_invertible(scale) else weight.clone()
+            merged = adapter.merge_weight(weight, scale)
+            if not torch.isfinite(merged).all():
+                raise ValueError(
+                    f"adapter {name!r} ({adapter.config.method}) gives non-finite merged weights at scale {scale}; "
+                    "its parameters hold NaN/inf or overflow the weight dtype; nothing of it was merged"
+                )
+            self._write_weight(merged)
+            self._merged.append(_Merged(name, scale, saved))
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the base weight, undoing merges in reverse order (exact inverse, or the kept copy)."""
+        while self._merged:
+            record = self._merged.pop()
+            if record.saved is not None:
+                self._write_weight(record.saved)
+            else:
+                self._write_weight(self.adapters[record.name].unmerge_weight(self._read_weight(), record.scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Disabled → base; otherwise base (with merged adapters) plus the unmerged adapters in order.
+
+        Args:
+            x: ``(..., in_features)`` for a Linear, ``(B, C_in, H, W)`` for a Conv2d.
+
+        Returns:
+            The base layer's output shape.
+        """
+        merged = set(self.merged_names)
+        active = [(a, self.scales[n]) for n, a in self.adapters.items() if n not in merged]
+        if self.disabled or not active:
+            return self.base_layer(x)
+        base = self.base_layer
+        if isinstance(base, nn.Linear) or base.kernel_size == (1, 1):
+            out = self._pointwise(x, active)
+            if base.bias is None:
+                return out
+            return out + (base.bias if isinstance(base, nn.Linear) else base.bias[:, None, None])
+        weight = base.weight.reshape(self.shape.d_out, self.shape.d_in)
+        for adapter, scale in active:
+            weight = adapter.merge_weight(weight, scale)
+        kernel = weight.reshape(base.weight.shape)
+        return F.conv2d(x, kernel, base.bias, base.stride, base.padding, base.dilation)
+
+    def _pointwise(self, x: torch.Tensor, active: list[tuple[Adapter, float]]) -> torch.Tensor:
+        """``W_k x`` without bias for Linear / 1×1 conv, peeling the last adapter off ``W_k = f_k(W_{k-1})``."""
+        if not active:
+            return self._base_without_bias(x)
+        adapter, scale = active[-1]
+        if adapter.additive:
+            delta = self._features(adapter.delta_forward, self._sampled(x), scale)
+            return self._pointwise(x, active[:-1]) + delta
+        # W_k x = L (W_{k-1} (x @ R)) for rows: rotate the input, then map the output.
+        inner = self._pointwise(self._features(adapter.rotate_input, x, scale), active[:-1])
+        return self._features(adapter.map_output, inner, scale) if adapter.has_output_map else inner
+
+    def _base_without_bias(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if isinstance(base, nn.Linear):
+            return F.linear(x, base.weight)
+        return F.conv2d(x, base.weight, None, base.stride, base.padding, base.dilation)
+
+    def _features(
+        self, fn: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """Apply a row-wise feature map to the channel dimension (last for Linear, dim 1 for convs)."""
+        if isinstance(self.base_layer, nn.Linear):
+            return fn(x, scale)
+        return fn(x.movedim(1, -1), scale).movedim(-1, 1)
+
+    def _sampled(self, x: torch.Tensor) -> torch.Tensor:
+        """The input pixels a 1×1 conv reads: zero padding, then the stride grid (identity for a Linear)."""
+        base = self.base_layer
+        if isinstance(base, nn.Linear):
+            return x
+        if not isinstance(base.padding, str):  # "same"/"valid" both mean no padding for a 1×1 kernel
+            ph, pw = base.padding
+            if ph or pw:
+                x = F.pad(x, (pw, pw, ph, ph))
+        sh, sw = base.stride
+        return x[..., ::sh, ::sw]

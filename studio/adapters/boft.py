@@ -1,0 +1,83 @@
+"""BOFT: butterfly products of block rotations, plus a per-output scale (Liu et al. 2024, arXiv 2311.06243).
+
+``W' = diag(m(s)) · W · R(s)ᵀ`` with ``R = B_{M-1} ⋯ B_0`` and ``B_l = P_l · blockdiag(Cayley(s · Q_lk)) · P_lᵀ``
+(:func:`~studio.adapters.maths.butterfly_permutation`). Level 0 is plain block-diagonal, so ``factors=1`` is exactly
+OFT with an output scale. Strength: every factor's generator is scaled by ``s`` (``R(s)`` stays a rotation); the
+output scale, which is not a rotation, moves linearly: ``m(s) = 1 + s (m - 1)``.
+
+PEFT's CPU path silently uses one factor when its CUDA extension is missing, and its butterfly permutation pairs
+half-blocks at a fixed distance at every level; here level ``l`` pairs them at distance ``2^l`` (an FFT butterfly,
+which connects every feature after ``log2(d/b) + 1`` levels). Only ``factors=1`` is comparable with PEFT.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from studio.adapters.base import LayerShape, MultiplicativeAdapter, resolve_blocks
+from studio.adapters.maths import block_diagonal_matmul, butterfly_permutation
+from studio.adapters.oft import cayley_blocks
+
+if TYPE_CHECKING:
+    from studio.adapters.config import BOFTConfig
+
+
+class BOFTAdapter(MultiplicativeAdapter):
+    """``M`` butterfly factors of ``r`` Cayley blocks of size ``b``; ``Q = 0`` and ``m = 1`` at init (identity).
+
+    Parameters: ``M · r · b(b-1)/2 + d_out``.
+    """
+
+    has_output_map = True
+
+    def __init__(self, config: BOFTConfig, shape: LayerShape, *, generator: torch.Generator | None = None) -> None:
+        super().__init__(config, shape)
+        n, b = resolve_blocks("BOFTConfig", config.block_size, config.num_blocks, shape.d_in)
+        factors = config.factors
+        span = b * 2 ** (factors - 1)
+        if factors > 1 and (b % 2 or shape.d_in % span):
+            raise ValueError(
+                f"BOFTConfig.factors={factors} with block size {b} needs an even block size and d_in "
+                f"({shape.d_in}) divisible by b·2^(factors-1) = {span}; lower factors or change block_size"
+            )
+        self.num_blocks, self.block_size = n, b
+        self.q = nn.Parameter(torch.zeros(factors, n, b * (b - 1) // 2))
+        self.magnitude = nn.Parameter(torch.ones(shape.d_out))
+        perms = torch.stack([butterfly_permutation(shape.d_in, b, level) for level in range(factors)])
+        self.register_buffer("perms", perms, persistent=False)
+        self.register_buffer("inverse_perms", torch.argsort(perms, dim=-1), persistent=False)
+
+    def factor_blocks(self, scale: float) -> torch.Tensor:
+        """``(M, r, b, b)`` rotation blocks of every factor at strength ``scale``."""
+        config = self.config
+        terms = config.neumann_terms if config.cayley == "neumann" else None
+        factors, n, n_free = self.q.shape
+        blocks = cayley_blocks(self.q.reshape(factors * n, n_free), self.block_size, scale, neumann_terms=terms)
+        return blocks.reshape(factors, n, self.block_size, self.block_size)
+
+    def rotate_input(self, x: torch.Tensor, scale: float, transpose: bool = False) -> torch.Tensor:
+        blocks = self.factor_blocks(scale)
+        # x @ R = x @ B_{M-1} ⋯ B_0 applies the last factor first; x @ Rᵀ applies B_0ᵀ first.
+        levels = range(len(blocks)) if transpose else reversed(range(len(blocks)))
+        for level in levels:
+            factor = blocks[level].transpose(-1, -2) if transpose else blocks[level]
+            x = block_diagonal_matmul(x[..., self.perms[level]], factor)[..., self.inverse_perms[level]]
+        return x
+
+    def output_scale(self, scale: float) -> torch.Tensor:
+        """``m(s) = 1 + s (m - 1)``, shape ``(d_out,)``."""
+        return 1.0 + scale * (self.magnitude - 1.0)
+
+    def map_output(self, z: torch.Tensor, scale: float, inverse: bool = False) -> torch.Tensor:
+        factor = self.output_scale(scale)
+        return z / factor if inverse else z * factor
+
+    def orthogonal(self, scale: float) -> bool:
+        return self.config.cayley == "exact"
+
+    def exactly_invertible(self, scale: float) -> bool:
+        # Dividing by m(s) undoes the scale to float rounding unless an entry is (near) zero.
+        return self.orthogonal(scale) and bool((self.output_scale(scale).abs() > 1e-6).all())

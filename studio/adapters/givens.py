@@ -1,0 +1,104 @@
+"""GOFT and qGOFT: products of Givens rotations in ``⌈log2 d⌉`` parallel stages (Ma et al. 2024, arXiv 2404.04316).
+
+Both act on the input features: ``W' = W Rᵀ``, ``R = G_L ⋯ G_1`` where stage ``G_l`` rotates disjoint feature
+pairs (:func:`~studio.adapters.maths.givens_stages`: ``d - 1`` pairs in all, a binary tree). For a k×k conv,
+``d = C_in · kh · kw``.
+
+* **GOFT** stores one angle per pair (``d - 1`` parameters, init 0). Strength: every angle is multiplied by ``s``,
+  so ``R(s)`` is a rotation for every real ``s``, with ``R(0) = I``.
+* **qGOFT** relaxes each 2×2 rotation into a free 2×2 matrix ``M`` (``4(d - 1)`` parameters, init ``I``), kept
+  near orthogonal by :meth:`QGOFTAdapter.orthogonality_penalty`. Strength: ``M = G(θ) S`` with ``θ`` the angle of
+  ``M``'s rotation (conformal) part and ``S = G(θ)ᵀ M`` the non-rotational residual; then
+  ``M(s) = G(sθ) (I + s (S - I))``. The angle scales like GOFT's and the residual linearly, so ``M(0) = I``,
+  ``M(1) = M``, and a block that is an exact rotation (``S = I``) stays an exact rotation for every ``s``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from studio.adapters.base import LayerShape, MultiplicativeAdapter
+from studio.adapters.maths import apply_pair_stages, givens_stages, rotation_2x2
+
+if TYPE_CHECKING:
+    from studio.adapters.config import GOFTConfig, QGOFTConfig
+
+
+class _PairStagesAdapter(MultiplicativeAdapter):
+    """Shared stage bookkeeping: the ``d - 1`` planes, concatenated stage by stage, as buffers."""
+
+    def __init__(self, config: GOFTConfig | QGOFTConfig, shape: LayerShape) -> None:
+        super().__init__(config, shape)
+        if shape.d_in < 2:
+            raise ValueError(f"{type(config).__name__} needs d_in >= 2 input features; this layer has {shape.d_in}")
+        stages = givens_stages(shape.d_in)
+        self.stage_sizes = [len(i) for i, _ in stages]
+        self.register_buffer("pair_i", torch.cat([i for i, _ in stages]), persistent=False)
+        self.register_buffer("pair_j", torch.cat([j for _, j in stages]), persistent=False)
+
+    def stage_blocks(self, scale: float) -> torch.Tensor:
+        """``(d - 1, 2, 2)`` blocks at strength ``scale``, stage by stage."""
+        raise NotImplementedError
+
+    def rotate_input(self, x: torch.Tensor, scale: float, transpose: bool = False) -> torch.Tensor:
+        stages = list(zip(self.pair_i.split(self.stage_sizes), self.pair_j.split(self.stage_sizes)))
+        mats = list(self.stage_blocks(scale).split(self.stage_sizes))
+        return apply_pair_stages(x, stages, mats, transpose)
+
+
+class GOFTAdapter(_PairStagesAdapter):
+    """``d - 1`` Givens angles, zero at init (identity). Parameters: ``d_in - 1``."""
+
+    def __init__(self, config: GOFTConfig, shape: LayerShape, *, generator: torch.Generator | None = None) -> None:
+        super().__init__(config, shape)
+        self.angles = nn.Parameter(torch.zeros(shape.d_in - 1))
+
+    def stage_blocks(self, scale: float) -> torch.Tensor:
+        return rotation_2x2(scale * self.angles)
+
+    def orthogonal(self, scale: float) -> bool:
+        return True
+
+
+def scaled_quasi_rotation(blocks: torch.Tensor, scale: float) -> torch.Tensor:
+    """qGOFT strength: ``M(s) = G(sθ) (I + s (G(θ)ᵀ M - I))`` per 2×2 block.
+
+    ``θ = atan2(M₁₀ - M₀₁, M₀₀ + M₁₁)`` is the angle of ``M``'s rotation part (for ``M = G(φ)`` it is ``φ``).
+
+    Args:
+        blocks: ``(n, 2, 2)``.
+        scale: ``s``.
+
+    Returns:
+        ``(n, 2, 2)``; ``s = 0`` gives ``I`` and ``s = 1`` gives ``blocks`` (to rounding).
+    """
+    theta = torch.atan2(blocks[:, 1, 0] - blocks[:, 0, 1], blocks[:, 0, 0] + blocks[:, 1, 1])
+    residual = rotation_2x2(theta).transpose(-1, -2) @ blocks
+    eye = torch.eye(2, dtype=blocks.dtype, device=blocks.device)
+    return rotation_2x2(scale * theta) @ (eye + scale * (residual - eye))
+
+
+class QGOFTAdapter(_PairStagesAdapter):
+    """``d - 1`` free 2×2 blocks, identity at init. Parameters: ``4 (d_in - 1)``.
+
+    Not exactly orthogonal, so merging keeps a copy of the weight for an exact unmerge.
+    """
+
+    def __init__(self, config: QGOFTConfig, shape: LayerShape, *, generator: torch.Generator | None = None) -> None:
+        super().__init__(config, shape)
+        self.blocks = nn.Parameter(torch.eye(2).repeat(shape.d_in - 1, 1, 1))
+
+    def stage_blocks(self, scale: float) -> torch.Tensor:
+        return scaled_quasi_rotation(self.blocks, scale)
+
+    def orthogonal(self, scale: float) -> bool:
+        return False
+
+    def orthogonality_penalty(self) -> torch.Tensor:
+        """``Σ_k ‖M_kᵀ M_k - I‖²_F`` over the stored blocks (zero iff every block is orthogonal); a scalar."""
+        eye = torch.eye(2, dtype=self.blocks.dtype, device=self.blocks.device)
+        gram = self.blocks.transpose(-1, -2) @ self.blocks
+        return ((gram - eye) ** 2).sum()
