@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--n-mels", type=int, nargs="+", default=[default.n_mels])
     parser.add_argument("--n-fft", type=int, nargs="+", default=[default.n_fft])
+    parser.add_argument("--hop", type=int, nargs="+", default=[default.hop_length])
     parser.add_argument("--f-min", type=float, nargs="+", default=[default.f_min])
     parser.add_argument("--f-max", type=float, nargs="+", default=[default.f_max])
     parser.add_argument("--power", type=float, nargs="+", default=[default.power])
@@ -108,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: table columns: (header, width, format spec)
 COLUMNS = (
-    ("n_mels", 6, "d"), ("n_fft", 5, "d"), ("f_min", 5, ".0f"), ("f_max", 5, ".0f"), ("pow", 3, ".0f"),
-    ("top", 3, ".0f"), ("inv", 5, "s"), ("nnls", 4, "d"), ("iter", 4, "d"), ("sc", 6, ".3f"),
+    ("n_mels", 6, "d"), ("n_fft", 5, "d"), ("hop", 4, "d"), ("f_min", 5, ".0f"), ("f_max", 5, ".0f"),
+    ("pow", 3, ".0f"), ("top", 3, ".0f"), ("inv", 5, "s"), ("nnls", 4, "d"), ("iter", 4, "d"), ("sc", 6, ".3f"),
     ("sc_max", 6, ".3f"), ("lsd_dB", 6, ".2f"), ("sc_mag", 6, ".3f"), ("ms/clip", 7, ".1f"),
 )  # fmt: skip
 
@@ -134,17 +135,32 @@ def main(argv: list[str] | None = None) -> int:
         header += [f"{a[:5]:>5}" for a in ATTRIBUTES]
     print(" ".join(header))
     grid = itertools.product(
-        args.n_mels, args.n_fft, args.f_min, args.f_max, args.power, args.top_db, args.inverse, args.nnls_iters
+        args.n_mels,
+        args.n_fft,
+        args.hop,
+        args.f_min,
+        args.f_max,
+        args.power,
+        args.top_db,
+        args.inverse,
+        args.nnls_iters,
     )
-    for n_mels, n_fft, f_min, f_max, power, top_db, inverse, nnls in grid:
+    for n_mels, n_fft, hop, f_min, f_max, power, top_db, inverse, nnls in grid:
         codec_cls = LstsqMelCodec if inverse == "lstsq" else MelCodec
         codec = codec_cls(
-            n_mels=n_mels, n_fft=n_fft, f_min=f_min, f_max=f_max, power=power, top_db=top_db, nnls_iters=nnls
+            n_mels=n_mels,
+            n_fft=n_fft,
+            hop_length=hop,
+            f_min=f_min,
+            f_max=f_max,
+            power=power,
+            top_db=top_db,
+            nnls_iters=nnls,
         )
         for n_iter in args.iters:
             r = evaluate(codec, audio, n_iter, args.batch_size)
             judged = accuracy(judge.predict(r["recon"])[0], labels) if judge is not None else None
-            values = [n_mels, n_fft, f_min, f_max, power, top_db, inverse, nnls, n_iter]
+            values = [n_mels, n_fft, hop, f_min, f_max, power, top_db, inverse, nnls, n_iter]
             values += [r["sc"], r["sc_max"], r["lsd"], r["sc_mag"], r["ms"]]
             print(format_row(values, judged), flush=True)
     return 0

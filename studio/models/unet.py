@@ -16,6 +16,7 @@ def build_unet(
     layers_per_block: int = 1,
     cross_attention_dim: int = 384,
     heads: int = 4,
+    pooled_text: bool = False,
 ) -> UNet2DConditionModel:
     """A conditional UNet with cross-attention only at the given levels (0 = highest resolution).
 
@@ -30,6 +31,9 @@ def build_unet(
         layers_per_block: ResNet blocks per level on the way down.
         cross_attention_dim: the text encoder's hidden size.
         heads: attention heads.
+        pooled_text: also add an attention-pooled summary of the prompt to the timestep embedding
+            (diffusers' ``addition_embed_type="text"``), so every ResNet block, including those at the
+            highest resolution where there is no cross-attention, sees what the prompt asks for.
     """
     levels = range(len(channels))
     bad = [a for a in attention_levels if a not in levels]
@@ -48,4 +52,6 @@ def build_unet(
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=heads,
         norm_num_groups=min(32, math.gcd(*channels)),
+        addition_embed_type="text" if pooled_text else None,
+        addition_embed_type_num_heads=8,
     )

