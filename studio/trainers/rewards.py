@@ -1,0 +1,61 @@
+"""Rewards that trainers optimise: one interface, judged on the *reward* judge (never the eval judge).
+
+An :class:`Embedder` maps a batch of samples in a pipeline's model space (pixels, VAE latents,
+mel images) to embeddings; rewards are functions of embeddings. Image embedders are
+differentiable end to end (pixels or VAE decoder → judge), so rewards can be backpropagated
+through the sampler; audio embedders decode mels with the Griffin-Lim vocoder, which is not
+differentiable, so audio rewards are optimised by policy gradient (REINFORCE).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from studio.judges import load_judge
+
+
+class Embedder(Protocol):
+    """``(B, ...) model-space samples -> (B, D) embeddings``; ``differentiable`` says whether gradients flow."""
+
+    differentiable: bool
+
+    def __call__(self, samples: torch.Tensor) -> torch.Tensor: ...
+
+
+class JudgeEmbedder:
+    """Embeddings of a world judge (``reward`` by default) on a pipeline's model-space samples.
+
+    Args:
+        pipe: an image pipeline (pixels or ``vae`` latents) or a music pipeline (``codec`` mels).
+        world: the judge's world.
+        role: ``reward`` for training signals; ``eval`` only to measure reward hacking.
+    """
+
+    def __init__(self, pipe, world: str, role: str = "reward"):
+        self.judge = load_judge(world, role).eval().requires_grad_(False)
+        self.vae = getattr(pipe, "vae", None)
+        self.codec = getattr(pipe, "codec", None)
+        self.differentiable = self.codec is None
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        """Model space → judge input: images ``(B, 3, H, W)`` in [-1, 1], or waveforms ``(B, T)``."""
+        if self.codec is not None:
+            with torch.no_grad():
+                return self.codec.decode(samples.float())
+        if self.vae is not None:
+            return self.vae.decode(samples / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        return samples.clamp(-1, 1)
+
+    def __call__(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.judge(self.decode(samples).to(self.judge.device)).embedding
+
+
+def pair_diversity(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Diversity reward of sample pairs, ``r = 1 − cos(E(x1), E(x2))`` (arXiv 2410.06084, eq. 3); ``(B,)``.
+
+    Example: identical embeddings give 0, orthogonal ones 1, opposite ones 2.
+    """
+    return 1 - F.cosine_similarity(first, second, dim=-1)
