@@ -69,7 +69,9 @@ def _set_path(config: Any, path: list[str], raw: str, full_key: str) -> Any:
     if name not in fields:
         raise ValueError(f"unknown config key {full_key!r}; known keys here: {sorted(fields)}")
     current = getattr(config, name)
-    if len(path) > 1:
+    if len(path) == 2 and isinstance(current, dict):  # free-form options, e.g. --set adapter.rank=8
+        value = {**current, path[1]: _parse_scalar(raw)}
+    elif len(path) > 1:
         value = _set_path(current, path[1:], raw, full_key)
     else:
         value = _parse(typing.get_type_hints(type(config))[name], raw, full_key)
@@ -106,6 +108,22 @@ def _parse(tp: Any, raw: str, key: str) -> Any:
         except ValueError:
             raise ValueError(f"--set {key}={raw}: expected {tp.__name__}") from None
     raise ValueError(f"--set {key}: fields of type {tp} cannot be set from the command line")
+
+
+def _parse_scalar(raw: str) -> Any:
+    """A value of a free-form options dict: int, float, true/false, none, a comma list, or else the string."""
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    if raw.lower() in ("none", "null"):
+        return None
+    if "," in raw:
+        return [_parse_scalar(part.strip()) for part in raw.split(",") if part.strip()]
+    for tp in (int, float):
+        try:
+            return tp(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

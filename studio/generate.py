@@ -35,6 +35,8 @@ class GenerateRequest:
         audio_length_in_s: clip length (music).
         out: output folder (written atomically).
         world: the world whose judges score the folder (default: the embedded model's, else by modality).
+        adapter: an adapter file (``mixstudio train finetune`` writes ``RUN/adapter.safetensors``) to apply.
+        adapter_scale: its strength (orthogonal adapters stay orthogonal at any strength).
     """
 
     modality: str
@@ -49,6 +51,8 @@ class GenerateRequest:
     audio_length_in_s: float | None = None
     out: Path = Path("out")
     world: str | None = None
+    adapter: Path | None = None
+    adapter_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.prompts or any(not p.strip() for p in self.prompts):
@@ -59,6 +63,10 @@ class GenerateRequest:
             raise ValueError(f"--steps must be between 1 and {MAX_STEPS}, got {self.steps}")
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise ValueError(f"--guidance must be a finite number >= 0 (1 = no guidance), got {self.guidance}")
+        if not math.isfinite(self.adapter_scale):
+            raise ValueError(f"--adapter-scale must be a finite number, got {self.adapter_scale}")
+        if self.adapter is not None and not Path(self.adapter).is_file():
+            raise ValueError(f"--adapter {str(self.adapter)!r} is not a file; pass RUN_DIR/adapter.safetensors")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"--scheduler {self.scheduler!r} is unknown; use one of {sorted(SCHEDULERS)}")
         self.model = self.model or DEFAULT_WORLD[self.modality]
@@ -70,6 +78,11 @@ def generate_to_folder(request: GenerateRequest, batch_size: int = 16, progress:
     """Generate every (prompt, sample) of ``request`` and write files, ``grid.png`` and ``manifest.json``."""
     world = get_world(request.world)
     pipe = load_pipeline(request.model, request.modality, scheduler=request.scheduler)
+    if request.adapter is not None:
+        from studio.adapters import load_adapter, set_adapter_scale
+
+        load_adapter(pipe.unet, request.adapter, name="adapter", base_model_id=request.model)
+        set_adapter_scale(pipe.unet, "adapter", request.adapter_scale)
     jobs = [(p, request.seed + 1000 * i + k) for i, p in enumerate(request.prompts) for k in range(request.n)]
     bar = tqdm(total=len(jobs) * request.steps, desc=f"generate {request.modality}", unit="step", disable=not progress)
 
@@ -114,6 +127,8 @@ def write_generated(request: GenerateRequest, world, jobs, samples) -> Path:
             "seed": request.seed,
             "n": request.n,
             "audio_length_in_s": request.audio_length_in_s,
+            "adapter": None if request.adapter is None else str(request.adapter),
+            "adapter_scale": request.adapter_scale,
         }
         write_manifest(
             tmp,

@@ -72,3 +72,20 @@ def test_json_round_trip(tmp_path):
     assert load_json(Outer, tmp_path / "c.json") == c
     with pytest.raises(ValueError, match="no fields"):
         from_dict(Outer, {"stepz": 1})
+
+
+@dataclass(kw_only=True)
+class WithOptions:
+    options: dict = field(default_factory=lambda: {"method": "lora", "rank": 4})
+
+
+def test_overrides_set_keys_of_a_free_form_options_dict_by_value_shape():
+    c = apply_overrides(
+        WithOptions(),
+        ["options.method=oft", "options.block_size=8", "options.eps=0.5", "options.coft=true", "options.k=none"],
+    )
+    assert c.options == {"method": "oft", "rank": 4, "block_size": 8, "eps": 0.5, "coft": True, "k": None}
+    assert apply_overrides(WithOptions(), ["options.targets=to_q, to_v"]).options["targets"] == ["to_q", "to_v"]
+    assert WithOptions().options == {"method": "lora", "rank": 4}  # the default is not mutated
+    with pytest.raises(ValueError, match="not a nested config"):
+        apply_overrides(WithOptions(), ["options.rank.x=1"])

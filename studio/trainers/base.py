@@ -245,6 +245,10 @@ class Trainer(ABC):
         model = self.accelerator.unwrap_model(self.model)
         return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`trainable_state`."""
+        self.accelerator.unwrap_model(self.model).load_state_dict(state)
+
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step-XXXXXXXX`` atomically and point ``latest`` at it."""
         self.accelerator.wait_for_everyone()
@@ -278,7 +282,7 @@ class Trainer(ABC):
     def load_checkpoint(self, path: Path) -> None:
         """Restore weights, optimizer, scheduler, step and RNG from a checkpoint folder."""
         state = json.loads((path / "trainer_state.json").read_text())
-        self.accelerator.unwrap_model(self.model).load_state_dict(load_file(path / "model.safetensors"))
+        self.load_trainable_state(load_file(path / "model.safetensors"))
         extra = load_file(path / "extra.safetensors")
         torch.set_rng_state(extra.pop("rng.torch"))
         self.load_extra_state(extra)

@@ -1,0 +1,45 @@
+"""Two CPU processes (torchrun, gloo) train the same adapter as one process with the same global batch."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from studio.io import write_png
+from studio.worlds import get_world
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this python")
+def test_two_processes_equal_one_with_the_same_global_batch(tiny_shapes_folder, tmp_path):
+    concept = tmp_path / "concept"
+    concept.mkdir()
+    world = get_world("shapes")
+    for i in range(4):
+        write_png(concept / f"{i}.png", world.sample(500 + i, fixed={"shape": "cross"}).data)
+    settings = [
+        f"base={tiny_shapes_folder}", "world=shapes", f"data.dir={concept}", "adapter.method=lora", "adapter.rank=2",
+        "class_samples=2", "max_steps=3", "batch_size=4", "lr=0.01", "sample_every=0", "checkpoint_every=3",
+        "sample_prompts=a sks shape",
+    ]  # fmt: skip
+    args = ["-m", "studio", "--quiet", "train", "finetune", *[x for s in settings for x in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, *args, "--out", str(one)], check=True, env=env, timeout=600)
+    two = tmp_path / "two"
+    two.mkdir()
+    shutil.copytree(one / "class_samples", two / "class_samples")  # identical prior data for both runs
+    launch = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2"]
+    subprocess.run([*launch, *args, "--out", str(two)], check=True, env=env, timeout=600)
+
+    single, parallel = load_file(one / "adapter.safetensors"), load_file(two / "adapter.safetensors")
+    assert single.keys() == parallel.keys() and single
+    for key in single:
+        torch.testing.assert_close(parallel[key], single[key], rtol=1e-4, atol=1e-6)
