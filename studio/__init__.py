@@ -34,6 +34,23 @@ _API: dict[str, str] = {
     "get_recipe": "studio.recipes",
     "run_config": "studio.recipes",
     "apply_overrides": "studio.config",
+    # adapters
+    "add_adapter": "studio.adapters",
+    "load_adapter": "studio.adapters",
+    "save_adapter": "studio.adapters",
+    "set_adapter_scale": "studio.adapters",
+    "merge_adapters": "studio.adapters",
+    "unmerge_adapters": "studio.adapters",
+    # evaluation
+    "guidance_sweep": "studio.sweep",
+    # merging
+    "merge_state_dicts": "studio.merging",
+    "merge_pipelines": "studio.merging",
+    "interpolate": "studio.merging",
+    "LiveMerge": "studio.merging",
+    # the web app (gradio is imported only by build_ui)
+    "Studio": "studio.app.service",
+    "build_ui": "studio.app.ui",
 }
 
 __all__ = ["__version__", *_API]

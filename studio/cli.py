@@ -55,7 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--length", type=float, default=None, help="music clip length in seconds")
     gen.add_argument("--world", default=None, help="world whose judges score the output (default: the model's)")
+    gen.add_argument("--adapter", type=Path, default=None, help="adapter file to apply (RUN_DIR/adapter.safetensors)")
+    gen.add_argument("--adapter-scale", type=float, default=1.0, help="adapter strength (1 = as trained)")
     gen.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+
+    sweep = sub.add_parser("sweep", help="generate on the held-out prompts at several guidance scales and score")
+    sweep.add_argument("modality", choices=("image", "music"))
+    sweep.add_argument("--model", default=None, help="embedded name (shapes, synth), a pipeline folder, or a hub id")
+    sweep.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0, 6.0], help="guidance scales")
+    sweep.add_argument("-n", type=int, default=4, help="samples per prompt (>= 2)")
+    sweep.add_argument("--steps", type=int, default=25, help="sampler steps")
+    sweep.add_argument("--scheduler", default=None, help="sampler: ddim, dpm++, ddpm, euler (default: the saved one)")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--world", default=None, help="world whose prompts and judges are used (default: the model's)")
+    sweep.add_argument("--judge", choices=("eval", "reward"), default="eval", help="which judge scores")
+    sweep.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
 
     train = sub.add_parser("train", help="run a training recipe")
     train.add_argument("recipe", help="recipe name (see `mixstudio train list`)")
@@ -68,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field (repeatable, dotted keys for nested configs)",
     )
     train.add_argument("--out", type=Path, default=None, help="output folder (default: the recipe's)")
+
+    merge = sub.add_parser("merge", help="merge the UNet weights of two or more pipelines of one architecture")
+    merge.add_argument("models", nargs="+", help="embedded names or pipeline folders (two or more)")
+    how = merge.add_mutually_exclusive_group(required=True)
+    how.add_argument("--weights", type=float, nargs="+", help="one weight per model, used as given (sum 1: a mix)")
+    how.add_argument("--alpha", type=float, help="two models only: (1 - alpha) * first + alpha * second")
+    merge.add_argument("--modality", choices=("image", "music"), default=None, help="default: read from the models")
+    merge.add_argument("--out", type=Path, required=True, help="output pipeline folder (replaced atomically)")
+
+    serve = sub.add_parser("serve", help="start the web app (Gradio)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it)")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--workdir", type=Path, default=Path("studio-app"), help="where the app writes every file")
+    serve.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     return parser
 
 
@@ -109,6 +137,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         audio_length_in_s=args.length,
         out=args.out,
         world=args.world,
+        adapter=args.adapter,
+        adapter_scale=args.adapter_scale,
     )
     out = generate_to_folder(request, progress=not args.quiet)
     print(f"wrote {len(prompts) * args.n} {args.modality} samples, grid.png and manifest.json to {out}")
@@ -125,6 +155,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_report(report, out)
     print(report.table())
     print(f"report: {out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from studio.sweep import guidance_sweep
+
+    modality = "image" if args.modality == "image" else "audio"
+    report = guidance_sweep(
+        args.model or ("shapes" if modality == "image" else "synth"),
+        modality,
+        args.guidance,
+        out=args.out,
+        per_prompt=args.n,
+        steps=args.steps,
+        seed=args.seed,
+        scheduler=args.scheduler,
+        world=args.world,
+        judge=args.judge,
+        progress=not args.quiet,
+    )
+    print(report.table())
+    print(f"wrote {args.out}/sweep.md, sweep.json, sweep.png and one folder per guidance scale")
     return 0
 
 
@@ -147,7 +199,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"world": cmd_world, "generate": cmd_generate, "eval": cmd_eval, "train": cmd_train}
+def cmd_merge(args: argparse.Namespace) -> int:
+    from studio.merging import merge_pipelines
+
+    if args.alpha is not None and len(args.models) != 2:
+        raise ValueError(f"--alpha needs exactly two models, got {len(args.models)}; use --weights for more")
+    weights = [1.0 - args.alpha, args.alpha] if args.alpha is not None else args.weights
+    modality = {"image": "image", "music": "audio", None: None}[args.modality]
+    merge_pipelines(args.models, weights, args.out, modality=modality)
+    mix = " + ".join(f"{w:g}·{m}" for w, m in zip(weights, args.models, strict=True))
+    print(f"wrote merged pipeline ({mix}) to {args.out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from studio.app import serve
+
+    serve(workdir=args.workdir, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+COMMANDS = {
+    "world": cmd_world,
+    "generate": cmd_generate,
+    "eval": cmd_eval,
+    "sweep": cmd_sweep,
+    "train": cmd_train,
+    "merge": cmd_merge,
+    "serve": cmd_serve,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

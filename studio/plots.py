@@ -37,3 +37,38 @@ def spectrogram_image(audio: np.ndarray, sample_rate: int, n_mels: int = 64, hei
 def spectrogram_grid(clips: list[np.ndarray], sample_rate: int, cols: int = 4) -> np.ndarray:
     """Spectrograms of several clips tiled into one image."""
     return image_grid([spectrogram_image(c, sample_rate) for c in clips], cols=cols, scale=1, pad=4)
+
+
+def tradeoff_plot(
+    series: dict[str, list[tuple[float, float, str]]],
+    *,
+    x_label: str = "diversity (eval judge)",
+    y_label: str = "prompt adherence (eval judge)",
+    title: str = "",
+) -> np.ndarray:
+    """A scatter-and-line plot of ``(x, y, label)`` points per named series, as an RGB uint8 image.
+
+    Used for adherence-diversity trade-offs: one series per method (e.g. a guidance sweep), each point
+    annotated with its setting (e.g. ``w=4``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=110)
+    try:
+        for name, points in series.items():
+            xs, ys, _ = zip(*points, strict=True) if points else ((), (), ())
+            ax.plot(xs, ys, marker="o", label=name)
+            for x, y, label in points:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set(xlabel=x_label, ylabel=y_label, title=title)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    finally:
+        plt.close(fig)

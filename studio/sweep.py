@@ -1,0 +1,159 @@
+"""Guidance sweeps: sample a model on its world's held-out prompts at several guidance scales, judge each.
+
+Every point is a folder that ``mixstudio eval`` would score the same way (files, ``grid.png``,
+``manifest.json``, ``eval.json``), so the table can be re-checked file by file. The sweep writes
+``sweep.json``, ``sweep.md`` (a Markdown table) and ``sweep.png`` (adherence against diversity).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder
+from studio.io import atomic_dir, atomic_write_text, check_output_dir, write_png
+from studio.judges.evaluate import evaluate_folder, write_report
+from studio.models.zoo import Role
+from studio.plots import tradeoff_plot
+
+
+@dataclass
+class SweepPoint:
+    """One guidance scale's scores (eval-judge adherence, diversity, Fréchet) and sampling wall time."""
+
+    guidance: float
+    adherence: float
+    attribute_adherence: dict[str, float]
+    diversity: float | None
+    frechet: float
+    seconds_per_sample: float
+    folder: str
+
+
+@dataclass
+class SweepReport:
+    model: str
+    world: str
+    judge: str
+    steps: int
+    per_prompt: int
+    prompts: int
+    points: list[SweepPoint]
+
+    def table(self) -> str:
+        """A Markdown table: one row per guidance scale."""
+        attrs = list(self.points[0].attribute_adherence) if self.points else []
+        head = ["guidance", "adherence", *attrs, "diversity", "Fréchet", "s/sample"]
+        rows = [
+            f"| {p.guidance:g} | {p.adherence:.3f} | "
+            + "".join(f"{p.attribute_adherence.get(a, math.nan):.3f} | " for a in attrs)
+            + ("n/a" if p.diversity is None else f"{p.diversity:.4f}")
+            + f" | {p.frechet:.2f} | {p.seconds_per_sample:.3f} |"
+            for p in self.points
+        ]
+        title = (
+            f"model `{self.model}` · world {self.world} · {self.judge} judge · {self.prompts} held-out prompts "
+            f"× {self.per_prompt} · {self.steps} steps"
+        )
+        return "\n".join([title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows])
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def guidance_sweep(
+    model: str,
+    modality: str,
+    scales: list[float],
+    *,
+    out: str | Path,
+    per_prompt: int = 4,
+    steps: int = 25,
+    seed: int = 0,
+    scheduler: str | None = None,
+    world: str | None = None,
+    judge: Role = "eval",
+    progress: bool = True,
+) -> SweepReport:
+    """Sample ``model`` on its world's held-out prompts at each guidance scale and score every folder.
+
+    Args:
+        model: embedded name, pipeline folder or hub id.
+        modality: ``image`` or ``audio``.
+        scales: guidance scales (1 = no classifier-free guidance, half the UNet calls).
+        out: folder that receives ``guidance-<w>/`` sample folders and the sweep report (written atomically:
+            an existing folder is replaced only once the whole sweep has succeeded).
+        per_prompt: samples per prompt (≥ 2 so diversity is defined).
+        steps, seed, scheduler: sampler settings, the same at every scale.
+        world: the world whose prompts and judges are used (default: the model's).
+        judge: ``eval`` for reported numbers; ``reward`` to compare with what trainers optimise.
+        progress: show progress bars.
+
+    Raises:
+        ValueError: for no scales, a duplicate or invalid scale, ``per_prompt < 2`` or an unwritable ``out``.
+    """
+    if not scales:
+        raise ValueError("give at least one guidance scale, e.g. --guidance 1 2 4 6")
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"guidance scales must be distinct, got {scales}")
+    if per_prompt < 2:
+        raise ValueError(f"-n must be at least 2 for diversity to be defined, got {per_prompt}")
+    out = check_output_dir(out)
+    requests = [
+        GenerateRequest(
+            modality=modality,
+            prompts=["placeholder"],
+            n=per_prompt,
+            model=model,
+            steps=steps,
+            guidance=w,
+            seed=seed,
+            scheduler=scheduler,
+            world=world,
+            out=out / f"guidance-{w:g}",
+        )
+        for w in scales
+    ]  # validates every setting before any sampling starts
+    world_name = requests[0].world
+    prompts = eval_prompt_texts(world_name)
+    points = []
+    with atomic_dir(out) as tmp:
+        for request in requests:
+            request = dataclasses.replace(request, prompts=prompts, out=tmp / request.out.name)
+            start = time.perf_counter()
+            generate_to_folder(request, progress=progress)
+            seconds = (time.perf_counter() - start) / (len(prompts) * per_prompt)
+            report = evaluate_folder(request.out, role=judge)
+            write_report(report, request.out / "eval.json")
+            points.append(
+                SweepPoint(
+                    guidance=request.guidance,
+                    adherence=report.adherence,
+                    attribute_adherence=report.attribute_adherence,
+                    diversity=report.diversity,
+                    frechet=report.frechet,
+                    seconds_per_sample=seconds,
+                    folder=request.out.name,
+                )
+            )
+        sweep = SweepReport(
+            model=model,
+            world=world_name,
+            judge=judge,
+            steps=steps,
+            per_prompt=per_prompt,
+            prompts=len(prompts),
+            points=points,
+        )
+        atomic_write_text(tmp / "sweep.json", sweep.to_json())
+        atomic_write_text(tmp / "sweep.md", sweep.table() + "\n")
+        plot = tradeoff_plot(
+            {f"{model} + CFG": [(p.diversity or 0.0, p.adherence, f"w={p.guidance:g}") for p in points]},
+            title=f"{world_name}: guidance sweep ({judge} judge, {steps} steps)",
+        )
+        write_png(tmp / "sweep.png", plot)
+    return sweep
