@@ -1,0 +1,219 @@
+"""Event handlers: the boundary between Gradio components and the :class:`~studio.app.service.Studio` service.
+
+Each handler converts component values (floats from sliders, ``None`` from cleared boxes) to the
+service's types, calls one service method, and turns the result into component values. A library
+``ValueError`` becomes a ``gr.Error`` here and nowhere else, so the user sees the message as a toast
+and the server keeps answering.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import math
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio.app.inputs import MAX_CLIPS, MAX_MERGE
+from studio.app.service import Studio
+from studio.app.training import TrainingStatus
+
+LOSS_COLUMNS = ["step", "loss"]
+#: Gradio swaps a ``gr.Progress`` default for a per-event tracker; one shared default instance is enough.
+PROGRESS = gr.Progress()
+TQDM_PROGRESS = gr.Progress(track_tqdm=True)
+
+
+def boundary(fn: Callable) -> Callable:
+    """Re-raise a ``ValueError`` from ``fn`` as ``gr.Error`` (HTML-escaped: messages quote user input)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as err:
+            raise gr.Error(html.escape(str(err)), print_exception=False) from None
+
+    return wrapper
+
+
+def whole(name: str, value: Any) -> int:
+    """A component value as an int (sliders and number boxes send floats; a cleared box sends None).
+
+    Raises:
+        ValueError: for an empty box or a value with a fractional part.
+    """
+    if value is None or value == "":
+        raise ValueError(f"{name} is empty; enter a whole number")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise ValueError(f"{name} must be a whole number, got {value}")
+    return int(value)
+
+
+def number(name: str, value: Any) -> float:
+    """A component value as a float.
+
+    Raises:
+        ValueError: for an empty box.
+    """
+    if value is None or value == "":
+        raise ValueError(f"{name} is empty; enter a number")
+    return float(value)
+
+
+class Handlers:
+    """The app's event handlers, bound to one :class:`Studio` (tests call them directly)."""
+
+    def __init__(self, studio: Studio):
+        self.studio = studio
+
+    # ---- models ----------------------------------------------------------------------------------
+    def choices(self, modality: str | None = None) -> list[tuple[str, str]]:
+        """Dropdown choices ``(label, name)`` of the listed models."""
+        label = {"image": "image", "audio": "music"}
+        return [(f"{m.name} · {label[m.modality]}", m.name) for m in self.studio.list_models(modality)]
+
+    def dropdown(self, current: str | None, modality: str | None = None) -> gr.Dropdown:
+        """A dropdown update with fresh choices, keeping ``current`` when it is still listed."""
+        choices = self.choices(modality)
+        names = [value for _, value in choices]
+        value = current if current in names else (names[0] if names else None)
+        return gr.Dropdown(choices=choices, value=value)
+
+    def models_table(self) -> pd.DataFrame:
+        """Listed models as a table."""
+        rows = [(m.name, m.modality, m.kind, m.source) for m in self.studio.list_models()]
+        return pd.DataFrame(rows, columns=["name", "modality", "kind", "source"])
+
+    @boundary
+    def import_model(self, upload: str | None, name: str) -> str:
+        """Import an uploaded pipeline zip as ``runs/<name>``."""
+        if not upload:
+            raise ValueError("no file uploaded; choose a .zip of a pipeline folder")
+        info = self.studio.import_model(upload, (name or "").strip())
+        return f"Imported `{info.name}` ({info.modality})."
+
+    # ---- image and music -------------------------------------------------------------------------
+    @boundary
+    def generate_image(
+        self, model, prompt, negative, steps, guidance, seed, count, scheduler, progress=PROGRESS
+    ) -> tuple[list[tuple[str, str]], str, str]:
+        """Image tab: returns gallery items, the manifest path and a status line."""
+        result = self.studio.generate_image(
+            model,
+            prompt,
+            negative_prompt=negative or None,
+            steps=whole("steps", steps),
+            guidance=number("guidance", guidance),
+            seed=whole("seed", seed),
+            count=whole("count", count),
+            scheduler=None if scheduler in (None, "", "saved") else scheduler,
+            progress=lambda f, desc: progress(f, desc=desc),
+        )
+        seed0 = whole("seed", seed)
+        gallery = [(str(path), f"seed {seed0 + k}") for k, path in enumerate(result.files)]
+        return gallery, str(result.manifest), f"{len(result.files)} image(s) in `{result.folder.name}`"
+
+    @boundary
+    def generate_music(
+        self, model, prompt, negative, steps, guidance, seed, count, length, scheduler, progress=PROGRESS
+    ) -> list:
+        """Music tab: returns ``MAX_CLIPS`` audio players, ``MAX_CLIPS`` spectrograms, the manifest, a status line."""
+        result = self.studio.generate_music(
+            model,
+            prompt,
+            negative_prompt=negative or None,
+            steps=whole("steps", steps),
+            guidance=number("guidance", guidance),
+            seed=whole("seed", seed),
+            count=whole("count", count),
+            length_s=None if not length else number("length", length),
+            scheduler=None if scheduler in (None, "", "saved") else scheduler,
+            progress=lambda f, desc: progress(f, desc=desc),
+        )
+        n = len(result.files)
+        audios = [gr.Audio(value=str(result.files[i]) if i < n else None, visible=i < n) for i in range(MAX_CLIPS)]
+        specs = [gr.Image(value=result.spectrograms[i] if i < n else None, visible=i < n) for i in range(MAX_CLIPS)]
+        return [*audios, *specs, str(result.manifest), f"{n} clip(s) in `{result.folder.name}`"]
+
+    # ---- merge -----------------------------------------------------------------------------------
+    @staticmethod
+    def merge_rows(count) -> list[gr.Row]:
+        """Show the first ``count`` model rows of the Merge tab."""
+        n = int(count or 2)
+        return [gr.Row(visible=i < n) for i in range(MAX_MERGE)]
+
+    @staticmethod
+    def _picked(count, rows) -> tuple[list[str], list[float]]:
+        n = whole("number of models", count)
+        models, weights = list(rows[:MAX_MERGE]), list(rows[MAX_MERGE:])
+        return [m or "" for m in models[:n]], [number(f"weight {i + 1}", w) for i, w in enumerate(weights[:n])]
+
+    @boundary
+    def merge_preview(self, count, prompt, seed, steps, guidance, normalize, *rows) -> tuple:
+        """Merge tab: preview image (spectrogram for music), audio player and a line naming the weights used."""
+        models, weights = self._picked(count, rows)
+        preview = self.studio.merge_preview(
+            models,
+            weights,
+            prompt=prompt,
+            seed=whole("seed", seed),
+            steps=whole("steps", steps),
+            guidance=number("guidance", guidance),
+            normalize=bool(normalize),
+        )
+        audio = (preview.sample_rate, preview.audio) if preview.audio is not None else None
+        mix = " + ".join(f"{w:.3g}·`{m}`" for m, w in zip(preview.models, preview.weights, strict=True))
+        return preview.image, gr.Audio(value=audio, visible=audio is not None), f"UNet = {mix}"
+
+    @boundary
+    def save_merge(self, count, normalize, name, *rows) -> str:
+        """Merge tab: save the current merge as ``runs/<name>``."""
+        models, weights = self._picked(count, rows)
+        info = self.studio.save_merge(models, weights, (name or "").strip(), normalize=bool(normalize))
+        return f"Saved `{info.name}`; it is now in every model list."
+
+    # ---- train -----------------------------------------------------------------------------------
+    @boundary
+    def train_start(self, recipe, overrides, name) -> list:
+        """Train tab: start a run; returns the status outputs and an active timer."""
+        self.studio.start_training(recipe or "", overrides or "", (name or "").strip() or None)
+        return self.train_poll()
+
+    def train_poll(self) -> list:
+        """Train tab: status line, loss plot, latest sample, log tail, and the timer (active while running)."""
+        return self._status_outputs(self.studio.training_status())
+
+    def train_cancel(self) -> list:
+        """Train tab: cancel the running run."""
+        return self._status_outputs(self.studio.cancel_training())
+
+    def _status_outputs(self, status: TrainingStatus) -> list:
+        rows = [(r["step"], r["loss"]) for r in status.rows if "step" in r and "loss" in r]
+        loss = pd.DataFrame(rows, columns=LOSS_COLUMNS)
+        sample = str(status.latest_sample) if status.latest_sample else None
+        summary = status.summary()
+        if status.model is not None:
+            name = "runs/" + status.model.relative_to(self.studio.runs_dir).as_posix()
+            summary += f" · model saved as `{name}` (refresh the model lists in the Models tab)"
+        return [summary, loss, sample, status.log_tail, gr.Timer(active=status.state == "running")]
+
+    # ---- evaluate --------------------------------------------------------------------------------
+    @boundary
+    def evaluate(self, model, scales, per_prompt, steps, seed, progress=TQDM_PROGRESS) -> tuple:
+        """Evaluate tab: table, adherence-diversity plot, report files and the Markdown table."""
+        result = self.studio.evaluate(
+            model,
+            scales or "",
+            per_prompt=whole("samples per prompt", per_prompt),
+            steps=whole("steps", steps),
+            seed=whole("seed", seed),
+            show_progress=True,
+        )
+        files = [str(result.folder / name) for name in ("sweep.json", "sweep.md")]
+        title = result.report.table().splitlines()[0]
+        where = result.folder.relative_to(self.studio.workdir).as_posix()
+        return pd.DataFrame(result.rows()), str(result.plot), files, f"{title} · samples in `{where}/`"

@@ -1,0 +1,95 @@
+"""Checks of what users type into the app: limits, names, prompts, and the text boxes that hold lists.
+
+Each check raises ``ValueError`` naming the field, the value received and what is allowed; the UI
+shows the message as it is. The limits keep one CPU server responsive, not what the library allows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+MAX_IMAGES = 16
+MAX_CLIPS = 4
+MAX_MERGE = 4
+MAX_APP_STEPS = 200
+MAX_GUIDANCE = 30.0
+MAX_PROMPT_CHARS = 500
+MAX_SCALES = 8
+MAX_PER_PROMPT = 8
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def parse_overrides(text: str) -> list[str]:
+    """``key=value`` lines of a text box (blank lines and ``#`` comments skipped).
+
+    Raises:
+        ValueError: for a line that is not ``key=value``.
+    """
+    items = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    bad = [item for item in items if "=" not in item or not item.partition("=")[0].strip()]
+    if bad:
+        raise ValueError(f"override {bad[0]!r} is not key=value; write one per line, e.g. max_steps=100")
+    return items
+
+
+def parse_scales(text: str) -> list[float]:
+    """Guidance scales from text such as ``"1, 2, 4"`` or ``"1 2 4"``.
+
+    Raises:
+        ValueError: naming the item that is not a finite number >= 0.
+    """
+    values = []
+    for item in re.split(r"[,\s]+", text.strip()):
+        if not item:
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise ValueError(f"guidance scale {item!r} is not a number; write e.g. 1, 2, 4") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"guidance scale {item!r} must be a finite number >= 0 (1 = no guidance)")
+        values.append(value)
+    if not values:
+        raise ValueError("no guidance scales given; write e.g. 1, 2, 4")
+    return values
+
+
+def check_prompt(prompt: str) -> None:
+    """A non-empty prompt of at most ``MAX_PROMPT_CHARS`` characters."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt is empty; give a text prompt such as 'a red circle'")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+
+
+def check_int(name: str, value: int, low: int, high: int) -> None:
+    """An ``int`` (not a bool) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+
+
+def check_sampling(steps: int, guidance: float, seed: int) -> None:
+    """Sampler steps, guidance scale and seed within the app's limits."""
+    check_int("steps", steps, 1, MAX_APP_STEPS)
+    check_int("seed", seed, 0, 2**32 - 1)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= MAX_GUIDANCE:
+        raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g} (1 = no guidance), got {guidance!r}")
+
+
+def check_scales(values: list[float]) -> list[float]:
+    """1 to ``MAX_SCALES`` guidance scales, each a finite number from 0 to ``MAX_GUIDANCE``."""
+    if not 1 <= len(values) <= MAX_SCALES:
+        raise ValueError(f"give 1 to {MAX_SCALES} guidance scales, got {len(values)}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_GUIDANCE:
+            raise ValueError(f"guidance scale {value!r} must be a number from 0 to {MAX_GUIDANCE:g} (1 = no guidance)")
+    return [float(v) for v in values]
+
+
+def check_name(name: str) -> None:
+    """A folder name for ``runs/<name>``: 1-64 letters, digits, ``.``, ``_`` or ``-``, not starting with a dot."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )

@@ -1,0 +1,119 @@
+"""The models the app offers: embedded ones that are present and pipeline folders under its ``runs/``.
+
+Only listed models ever load (the browser sends a name, never a path), and loaded pipelines are kept
+in a small least-recently-used cache keyed by source, sampler and save time, so a re-saved folder is
+reloaded rather than served stale.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from studio.merging import pipeline_modality
+from studio.models.zoo import EMBEDDED_MODELS, model_dir
+from studio.pipelines import SCHEDULERS, Modality, StudioDiffusionPipeline, load_pipeline
+
+
+@dataclass
+class ModelInfo:
+    """A model the app can use: ``name`` as shown in pickers, ``source`` as ``load_pipeline`` takes it."""
+
+    name: str
+    modality: Modality
+    source: str
+    kind: Literal["embedded", "run"]
+
+    @property
+    def index(self) -> Path:
+        """The model's ``model_index.json``."""
+        folder = Path(self.source) if self.kind == "run" else model_dir(self.source)
+        return folder / "model_index.json"
+
+
+class ModelCatalog:
+    """Lists, resolves and loads (with an LRU cache) the models of an app.
+
+    Args:
+        runs_dir: folder scanned for pipeline folders (``runs/*/`` and ``runs/*/*/`` with a ``model_index.json``).
+        device: where loaded pipelines live.
+        cache_size: loaded pipelines kept (least recently used evicted first).
+    """
+
+    def __init__(self, runs_dir: Path, device: torch.device, cache_size: int = 3):
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be at least 1, got {cache_size}")
+        self.runs_dir, self.device, self.cache_size = Path(runs_dir), device, cache_size
+        self._cache: OrderedDict[tuple, StudioDiffusionPipeline] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def list(self, modality: Modality | None = None) -> list[ModelInfo]:
+        """Embedded models that are present, then the pipeline folders under ``runs_dir``, by name."""
+        found = []
+        for name, kind in EMBEDDED_MODELS.items():
+            try:
+                model_dir(name)
+            except ValueError:
+                continue
+            found.append(ModelInfo(name=name, modality=kind, source=name, kind="embedded"))
+        if self.runs_dir.is_dir():
+            indexes = [*self.runs_dir.glob("*/model_index.json"), *self.runs_dir.glob("*/*/model_index.json")]
+            for index in sorted(indexes):
+                try:
+                    kind = pipeline_modality(index.parent)
+                except ValueError:  # a broken folder is left out, not fatal to the listing
+                    continue
+                name = "runs/" + index.parent.relative_to(self.runs_dir).as_posix()
+                found.append(ModelInfo(name=name, modality=kind, source=str(index.parent), kind="run"))
+        return [m for m in found if modality is None or m.modality == modality]
+
+    def resolve(self, model: str, modality: Modality | None = None) -> ModelInfo:
+        """The listed model called ``model``.
+
+        Raises:
+            ValueError: for an empty or unknown name, or a model of the other modality.
+        """
+        if not model:
+            raise ValueError("no model picked; choose one in the model list (train, merge or import one if empty)")
+        models = self.list()
+        info = next((m for m in models if m.name == model), None)
+        if info is None:
+            names = [m.name for m in models]
+            raise ValueError(f"unknown model {model!r}; pick one of {names} (refresh the list after training)")
+        if modality is not None and info.modality != modality:
+            raise ValueError(f"model {model!r} is an {info.modality} model; pick an {modality} model")
+        return info
+
+    def version(self, info: ModelInfo) -> int:
+        """Save time of a model (its ``model_index.json``), part of every cache key."""
+        return info.index.stat().st_mtime_ns
+
+    def pipeline(self, model: str, scheduler: str | None = None) -> StudioDiffusionPipeline:
+        """The loaded pipeline of a listed model, from the cache when possible.
+
+        Raises:
+            ValueError: for an unknown model or scheduler, or a folder that does not load.
+        """
+        info = self.resolve(model)
+        if scheduler is not None and scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler {scheduler!r} is unknown; use one of {sorted(SCHEDULERS)}")
+        key = (info.source, scheduler, self.version(info))
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            pipe = load_pipeline(info.source, info.modality, scheduler=scheduler).to(self.device)
+            self._cache[key] = pipe
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return pipe
+
+    def clear(self) -> None:
+        """Drop every loaded pipeline."""
+        with self._lock:
+            self._cache.clear()

@@ -1,0 +1,467 @@
+"""The app's service object: everything the web UI does, as plain Python methods that tests call directly.
+
+:class:`Studio` owns the model cache, the device policy, the live merge and the training run; it checks
+user input with ``ValueError`` (the UI turns those into ``gr.Error``) and writes files only inside its
+working folder::
+
+    workdir/
+      outputs/image/<stamp>/   0000.png ..., grid.png, manifest.json   (generate_image)
+      outputs/music/<stamp>/   0000.wav ..., grid.png, manifest.json   (generate_music)
+      runs/<name>/             trained, merged and imported pipelines    (list_models scans here)
+      evals/<stamp>/           guidance sweeps                          (evaluate)
+      logs/<name>.log          training process output
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from studio.app.inputs import (
+    MAX_CLIPS,
+    MAX_IMAGES,
+    MAX_MERGE,
+    MAX_PER_PROMPT,
+    check_int,
+    check_name,
+    check_prompt,
+    check_sampling,
+    check_scales,
+    parse_overrides,
+    parse_scales,
+)
+from studio.app.models import ModelCatalog, ModelInfo
+from studio.app.training import TrainingJob, TrainingStatus, train_argv
+from studio.app.uploads import MAX_UPLOAD_BYTES, import_pipeline_zip
+from studio.config import apply_overrides
+from studio.generate import GenerateRequest, write_generated
+from studio.merging import LiveMerge
+from studio.pipelines import SCHEDULERS, Modality
+from studio.pipelines.evaluation import generate_batch
+from studio.plots import spectrogram_image
+from studio.recipes import RECIPES, get_recipe
+from studio.sweep import SweepReport, guidance_sweep
+from studio.worlds import get_world
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+#: Settings the app owns when it starts a run (outputs stay inside the workdir).
+APP_OWNED_KEYS = ("out", "export")
+
+
+@dataclass
+class Generation:
+    """Files and arrays of one generate call.
+
+    Attributes:
+        folder: the output folder (``manifest.json`` and ``grid.png`` inside).
+        files: one PNG or WAV per sample.
+        samples: images ``(H, W, 3)`` uint8 or waveforms ``(T,)`` float32.
+        spectrograms: per clip, an ``(H, F, 3)`` uint8 spectrogram (music only).
+        sample_rate: audio sample rate (music only).
+    """
+
+    folder: Path
+    files: list[Path]
+    samples: list[np.ndarray]
+    spectrograms: list[np.ndarray]
+    sample_rate: int | None
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / "manifest.json"
+
+
+@dataclass
+class MergePreview:
+    """One sample of the live merge: ``image`` (for music, the clip's spectrogram) and ``audio`` for music."""
+
+    image: np.ndarray
+    audio: np.ndarray | None
+    sample_rate: int | None
+    models: list[str]
+    weights: list[float]
+
+
+@dataclass
+class Evaluation:
+    """A guidance sweep run by the app: the report, its folder and its adherence-diversity plot."""
+
+    report: SweepReport
+    folder: Path
+
+    @property
+    def plot(self) -> Path:
+        return self.folder / "sweep.png"
+
+    def rows(self) -> list[dict[str, float | None]]:
+        """One row per guidance scale for a table."""
+        return [
+            {
+                "guidance": p.guidance,
+                "adherence": round(p.adherence, 4),
+                "diversity": None if p.diversity is None else round(p.diversity, 4),
+                "frechet": round(p.frechet, 3),
+                "s_per_sample": round(p.seconds_per_sample, 4),
+            }
+            for p in self.report.points
+        ]
+
+
+class Studio:
+    """Model cache, device policy and every action of the app; files go only under ``workdir``.
+
+    Args:
+        workdir: the app's working folder (created on demand).
+        device: torch device for generation (``cpu`` by default; ``cuda`` only if available).
+        cache_size: loaded pipelines kept (least recently used evicted first).
+        max_upload_bytes: size limit of an imported model archive.
+        train_command: builds a training run's argv from ``(recipe, overrides, out)`` (tests inject a fast fake).
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path = "studio-app",
+        *,
+        device: str = "cpu",
+        cache_size: int = 3,
+        max_upload_bytes: int = MAX_UPLOAD_BYTES,
+        train_command: Callable[[str, list[str], Path], list[str]] = train_argv,
+    ):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for but no GPU is available; use device='cpu'")
+        self.workdir = Path(workdir).absolute()
+        self.runs_dir = self.workdir / "runs"
+        self.models = ModelCatalog(self.runs_dir, self.device, cache_size)
+        self.max_upload_bytes, self.train_command = max_upload_bytes, train_command
+        self._lock = threading.RLock()  # pipelines are not thread-safe (the scheduler holds state)
+        self._live: LiveMerge | None = None
+        self._live_key: tuple | None = None
+        self._job: TrainingJob | None = None
+
+    # ---- models --------------------------------------------------------------------------------
+    def list_models(self, modality: Modality | None = None) -> list[ModelInfo]:
+        """Embedded models that are present, then pipeline folders under ``runs/`` (with a ``model_index.json``)."""
+        return self.models.list(modality)
+
+    def resolve(self, model: str, modality: Modality | None = None) -> ModelInfo:
+        """The listed model called ``model`` (only listed models load: no arbitrary paths from the browser).
+
+        Raises:
+            ValueError: for an empty or unknown name, or a model of the other modality.
+        """
+        return self.models.resolve(model, modality)
+
+    @staticmethod
+    def samplers() -> list[str]:
+        """Sampler names a generation may ask for instead of the model's saved one."""
+        return sorted(SCHEDULERS)
+
+    # ---- generation ----------------------------------------------------------------------------
+    def generate_image(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        steps: int = 25,
+        guidance: float = 4.0,
+        seed: int = 0,
+        count: int = 1,
+        scheduler: str | None = None,
+        progress: Progress | None = None,
+    ) -> Generation:
+        """Generate ``count`` images for ``prompt`` into ``outputs/image/<stamp>/`` (sample ``k`` uses ``seed + k``).
+
+        Raises:
+            ValueError: for an unknown or non-image model, an empty or too long prompt, or settings out of range.
+        """
+        return self._generate(
+            "image", model, prompt, count, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
+            seed=seed, scheduler=scheduler, length_s=None, progress=progress,
+        )  # fmt: skip
+
+    def generate_music(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        steps: int = 25,
+        guidance: float = 4.0,
+        seed: int = 0,
+        count: int = 1,
+        length_s: float | None = None,
+        scheduler: str | None = None,
+        progress: Progress | None = None,
+    ) -> Generation:
+        """Generate ``count`` clips into ``outputs/music/<stamp>/``, with a spectrogram per clip.
+
+        Args:
+            length_s: clip length in seconds (None: the model's training length).
+
+        Raises:
+            ValueError: as :meth:`generate_image`, and for a clip length the model cannot make.
+        """
+        return self._generate(
+            "audio", model, prompt, count, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
+            seed=seed, scheduler=scheduler, length_s=length_s, progress=progress,
+        )  # fmt: skip
+
+    def _generate(
+        self, modality: Modality, model: str, prompt: str, count: int, *, negative_prompt, steps, guidance, seed,
+        scheduler, length_s, progress,
+    ) -> Generation:  # fmt: skip
+        info = self.resolve(model, modality)
+        check_prompt(prompt)
+        check_int("count", count, 1, MAX_IMAGES if modality == "image" else MAX_CLIPS)
+        check_sampling(steps, guidance, seed)
+        if length_s is not None and not (isinstance(length_s, (int, float)) and 0 < length_s <= 60):
+            raise ValueError(f"length must be a number of seconds in (0, 60], got {length_s!r}")
+        negative = negative_prompt or None
+        request = GenerateRequest(
+            modality=modality,
+            prompts=[prompt],
+            n=count,
+            model=info.source,
+            negative_prompt=negative,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            scheduler=scheduler or None,
+            audio_length_in_s=length_s,
+            out=self._new_folder("outputs", "image" if modality == "image" else "music"),
+        )
+        with self._lock:
+            pipe = self.models.pipeline(model, request.scheduler)
+            jobs = [(prompt, seed + k) for k in range(count)]
+            kwargs = _sampling_kwargs(steps, guidance, negative, length_s)
+            kwargs["callback_on_step_end"] = _ticker(progress, count * steps, f"sampling {count} x {steps} steps")
+            samples = generate_batch(pipe, [prompt] * count, [s for _, s in jobs], **kwargs)
+        folder = write_generated(request, get_world(request.world), jobs, samples)
+        suffix = ".png" if modality == "image" else ".wav"
+        files = [folder / f"{i:04d}{suffix}" for i in range(count)]
+        rate = pipe.sample_rate if modality == "audio" else None
+        spectrograms = [spectrogram_image(s, rate) for s in samples] if rate else []
+        return Generation(folder=folder, files=files, samples=samples, spectrograms=spectrograms, sample_rate=rate)
+
+    # ---- merging -------------------------------------------------------------------------------
+    def merge_preview(
+        self,
+        models: list[str],
+        weights: list[float],
+        *,
+        prompt: str,
+        seed: int = 0,
+        steps: int = 25,
+        guidance: float = 4.0,
+        normalize: bool = True,
+    ) -> MergePreview:
+        """Merge the UNets of ``models`` with ``weights`` in memory and sample one fixed-seed preview.
+
+        The sources are loaded once per set of models; moving a weight only re-merges (no disk I/O).
+
+        Args:
+            models: two to ``MAX_MERGE`` listed models of one architecture.
+            weights: one per model; with ``normalize`` they are divided by their sum (the preview reports the
+                weights used), else used as given (an affine combination, see ``studio.merging``).
+            prompt, seed, steps, guidance: the preview's sampling settings.
+
+        Raises:
+            ValueError: for fewer than two or repeated models, bad weights, mismatched architectures or
+                sampling settings out of range.
+        """
+        check_prompt(prompt)
+        check_sampling(steps, guidance, seed)
+        with self._lock:
+            live, used = self._live_merge(models, weights, normalize)
+            pipe = live.set_weights(used)
+            sample = generate_batch(pipe, [prompt], [seed], **_sampling_kwargs(steps, guidance, None, None))[0]
+        if sample.ndim == 3:
+            return MergePreview(image=sample, audio=None, sample_rate=None, models=list(models), weights=used)
+        rate = pipe.sample_rate
+        return MergePreview(
+            image=spectrogram_image(sample, rate), audio=sample, sample_rate=rate, models=list(models), weights=used
+        )
+
+    def save_merge(self, models: list[str], weights: list[float], name: str, *, normalize: bool = True) -> ModelInfo:
+        """Save the merge of ``models`` with ``weights`` as the pipeline ``runs/<name>`` (atomically).
+
+        Raises:
+            ValueError: for a bad or taken name, and everything :meth:`merge_preview` refuses.
+        """
+        out = self._new_run_folder(name)
+        with self._lock:
+            live, used = self._live_merge(models, weights, normalize)
+            live.set_weights(used)
+            live.save(out)
+        logger.info("saved merge of %s with weights %s to %s", models, used, out)
+        return self.resolve(f"runs/{name}")
+
+    def _live_merge(self, models: list[str], weights: list[float], normalize: bool) -> tuple[LiveMerge, list[float]]:
+        if not 2 <= len(models) <= MAX_MERGE:
+            raise ValueError(f"pick 2 to {MAX_MERGE} models to merge, got {len(models)}")
+        repeated = sorted({m for m in models if models.count(m) > 1})
+        if repeated:
+            raise ValueError(f"model {repeated[0]!r} is picked twice; pick different models")
+        if len(weights) != len(models) or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
+            raise ValueError(f"give one finite weight per model, got {list(weights)} for {len(models)} models")
+        used = [float(w) for w in weights]
+        if normalize:
+            total = sum(used)
+            if total <= 0:
+                raise ValueError(f"weights {used} sum to {total:g}; raise at least one weight above 0")
+            used = [w / total for w in used]
+        infos = [self.resolve(m) for m in models]
+        odd = next((i for i in infos if i.modality != infos[0].modality), None)
+        if odd is not None:
+            first = infos[0]
+            raise ValueError(f"cannot merge {first.name!r} ({first.modality}) with {odd.name!r} ({odd.modality})")
+        key = tuple((i.source, self.models.version(i)) for i in infos)
+        if key != self._live_key:
+            self._live = LiveMerge([self.models.pipeline(m) for m in models], [i.name for i in infos])
+            self._live_key = key
+        return self._live, used
+
+    # ---- training ------------------------------------------------------------------------------
+    @staticmethod
+    def recipes() -> dict[str, str]:
+        """Recipe names and their one-line descriptions."""
+        return {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in sorted(RECIPES.items())}
+
+    def start_training(self, recipe: str, overrides: list[str] | str = (), name: str | None = None) -> TrainingStatus:
+        """Start ``mixstudio train RECIPE --set ... --out runs/<name>`` as a subprocess.
+
+        Args:
+            recipe: a name from :data:`studio.recipes.RECIPES`.
+            overrides: ``key=value`` strings, or text with one per line (blank lines and ``#`` comments skipped).
+            name: run folder name under ``runs/`` (default: ``<recipe>-<time>``).
+
+        Raises:
+            ValueError: for an unknown recipe, a bad override (checked here, before anything starts), an
+                override of an app-owned key (``out``, ``export``), a taken name, or a run still going.
+        """
+        if self._job is not None and self._job.running:
+            raise ValueError(f"training run {self._job.name!r} is still running; cancel it or wait for it to end")
+        items = parse_overrides(overrides) if isinstance(overrides, str) else [o.strip() for o in overrides]
+        owned = [o for o in items if o.partition("=")[0].strip() in APP_OWNED_KEYS]
+        if owned:
+            raise ValueError(f"override {owned[0]!r}: the app chooses where runs are written (runs/<name>); remove it")
+        apply_overrides(get_recipe(recipe), items)  # validates recipe, keys and values before starting
+        name = name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = self._new_run_folder(name)
+        argv = self.train_command(recipe, items, out)
+        self._job = TrainingJob(name, argv, out, self.workdir / "logs" / f"{name}.log", cwd=self.workdir)
+        return self._job.status()
+
+    def training_status(self) -> TrainingStatus:
+        """Status of the current or last run (``idle`` when none was started)."""
+        return self._job.status() if self._job is not None else TrainingStatus()
+
+    def cancel_training(self) -> TrainingStatus:
+        """Stop the running training process (its last checkpoint stays); a no-op when none runs."""
+        if self._job is not None:
+            self._job.cancel()
+        return self.training_status()
+
+    def close(self) -> None:
+        """Cancel a running training process and drop loaded models."""
+        self.cancel_training()
+        with self._lock:
+            self.models.clear()
+            self._live = self._live_key = None
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def evaluate(
+        self,
+        model: str,
+        scales: list[float] | str,
+        *,
+        per_prompt: int = 2,
+        steps: int = 25,
+        seed: int = 0,
+        show_progress: bool = False,
+    ) -> Evaluation:
+        """Guidance sweep of ``model`` on its world's held-out prompts, written to ``evals/<stamp>/``.
+
+        Args:
+            scales: guidance scales, or text such as ``"1, 2, 4"``.
+            per_prompt: samples per prompt (2 to ``MAX_PER_PROMPT``).
+            show_progress: emit tqdm bars (the UI tracks them).
+
+        Raises:
+            ValueError: for an unknown model, bad scales or settings out of range.
+        """
+        info = self.resolve(model)
+        values = check_scales(parse_scales(scales) if isinstance(scales, str) else list(scales))
+        check_int("samples per prompt", per_prompt, 2, MAX_PER_PROMPT)
+        check_sampling(steps, 1.0, seed)
+        out = self._new_folder("evals", re.sub(r"[^A-Za-z0-9._-]+", "-", info.name))
+        with self._lock:
+            report = guidance_sweep(
+                info.source,
+                info.modality,
+                values,
+                out=out,
+                per_prompt=per_prompt,
+                steps=steps,
+                seed=seed,
+                progress=show_progress,
+            )
+        return Evaluation(report=dataclasses.replace(report, model=info.name), folder=out)
+
+    # ---- uploads -------------------------------------------------------------------------------
+    def import_model(self, archive: str | Path, name: str) -> ModelInfo:
+        """Import an uploaded zip of a pipeline folder as ``runs/<name>`` (see :func:`import_pipeline_zip`).
+
+        Raises:
+            ValueError: for a bad or taken name, and everything :func:`import_pipeline_zip` refuses.
+        """
+        import_pipeline_zip(archive, self._new_run_folder(name), self.max_upload_bytes)
+        return self.resolve(f"runs/{name}")
+
+    # ---- folders -------------------------------------------------------------------------------
+    def _new_folder(self, *parts: str) -> Path:
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        return self.workdir.joinpath(*parts, stamp)
+
+    def _new_run_folder(self, name: str) -> Path:
+        check_name(name)
+        out = self.runs_dir / name
+        if out.exists():
+            raise ValueError(f"runs/{name} already exists; choose another name")
+        return out
+
+
+def _sampling_kwargs(steps: int, guidance: float, negative: str | None, length_s: float | None) -> dict:
+    kwargs = {"num_inference_steps": steps, "guidance_scale": float(guidance), "negative_prompt": negative}
+    if length_s:
+        kwargs["audio_length_in_s"] = float(length_s)
+    return kwargs
+
+
+def _ticker(progress: Progress | None, total: int, desc: str):
+    if progress is None:
+        return None
+    done = [0]
+
+    def tick(pipe, step, t, tensors):
+        done[0] += len(tensors["latents"])
+        progress(min(1.0, done[0] / total), desc)
+        return tensors
+
+    return tick

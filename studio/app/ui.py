@@ -1,0 +1,300 @@
+"""The Gradio layout: ``build_ui(studio)`` returns the Blocks that ``mixstudio serve`` launches.
+
+Tabs: Image, Music, Merge, Train, Evaluate, Models. Every long action goes through one queue slot
+(``concurrency_id="compute"``: the CPU runs one sampler at a time) and reports progress; polling,
+cancelling and list refreshes bypass that slot so they answer while a job runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import gradio as gr
+
+from studio.app.handlers import LOSS_COLUMNS, Handlers
+from studio.app.inputs import MAX_APP_STEPS, MAX_CLIPS, MAX_GUIDANCE, MAX_IMAGES, MAX_MERGE, MAX_PER_PROMPT
+from studio.app.service import Studio
+from studio.app.uploads import MAX_UPLOAD_BYTES
+
+logger = logging.getLogger(__name__)
+
+#: Small models make small pictures: scale them up without blurring.
+CSS = """
+.pixelated img { image-rendering: pixelated; }
+#merge-preview img { width: 100%; height: 100%; object-fit: contain; }
+"""
+HEAVY = {"concurrency_id": "compute", "concurrency_limit": 1}
+LIGHT = {"concurrency_limit": None, "show_progress": "hidden"}
+DEFAULT_PROMPT = "a red circle on a blue background"
+DEFAULT_MUSIC_PROMPT = "a fast minor tune with a piano lead and drums"
+
+
+def build_ui(studio: Studio) -> gr.Blocks:
+    """The app's Blocks with every event wired to ``studio`` (nothing is loaded until an event runs).
+
+    Args:
+        studio: the service object every handler calls.
+
+    Returns:
+        The ``gr.Blocks`` (queue configured: one compute job at a time, at most 16 waiting).
+    """
+    h = Handlers(studio)
+    with gr.Blocks(title="mixstudio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        gr.Markdown("# mixstudio\nGenerate, merge, train and evaluate text-to-image and text-to-music models.")
+        with gr.Tabs():
+            with gr.Tab("Image", id="image"):
+                image_model = _image_tab(h)
+            with gr.Tab("Music", id="music"):
+                music_model = _music_tab(h)
+            with gr.Tab("Merge", id="merge"):
+                merge_models, saved = _merge_tab(h)
+            with gr.Tab("Train", id="train"):
+                _train_tab(h, studio)
+            with gr.Tab("Evaluate", id="evaluate"):
+                eval_model = _evaluate_tab(h)
+            with gr.Tab("Models", id="models"):
+                table, refresh, imported = _models_tab(h)
+        pickers = [(image_model, "image"), (music_model, "audio"), *((m, None) for m in merge_models)]
+        pickers.append((eval_model, None))
+
+        def refresh_all(*current):
+            return [h.dropdown(value, kind) for value, (_, kind) in zip(current, pickers, strict=True)] + [
+                h.models_table()
+            ]
+
+        dropdowns = [d for d, _ in pickers]
+        refresh.click(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)
+        demo.load(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)
+        for event in (saved, imported):  # a new model appears in every picker
+            event.success(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)
+    demo.queue(default_concurrency_limit=1, max_size=16)
+    return demo
+
+
+def _model_picker(h: Handlers, modality: str | None, label: str = "model", elem_id: str | None = None) -> gr.Dropdown:
+    choices = h.choices(modality)
+    value = choices[0][1] if choices else None
+    return gr.Dropdown(choices=choices, value=value, label=label, elem_id=elem_id)
+
+
+def _sampling_controls(prefix: str, steps: int = 25) -> tuple:
+    with gr.Row():
+        steps_box = gr.Slider(1, MAX_APP_STEPS, value=steps, step=1, label="steps", elem_id=f"{prefix}-steps")
+        guidance = gr.Slider(0, MAX_GUIDANCE, value=4.0, step=0.5, label="guidance (1 = none)")
+        seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id=f"{prefix}-seed")
+    return steps_box, guidance, seed
+
+
+def _scheduler_picker() -> gr.Dropdown:
+    return gr.Dropdown(["saved", *Studio.samplers()], value="saved", label="sampler")
+
+
+def _image_tab(h: Handlers) -> gr.Dropdown:
+    with gr.Row():
+        with gr.Column():
+            model = _model_picker(h, "image", elem_id="image-model")
+            prompt = gr.Textbox(value=DEFAULT_PROMPT, label="prompt", lines=2, elem_id="image-prompt")
+            negative = gr.Textbox(label="negative prompt", placeholder="optional")
+            steps, guidance, seed = _sampling_controls("image")
+            with gr.Row():
+                count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="images")
+                scheduler = _scheduler_picker()
+            button = gr.Button("Generate", variant="primary", elem_id="image-generate")
+        with gr.Column():
+            gallery = gr.Gallery(label="images", columns=4, elem_id="image-gallery", elem_classes=["pixelated"])
+            status = gr.Markdown(elem_id="image-status")
+            manifest = gr.File(label="manifest.json")
+    inputs = [model, prompt, negative, steps, guidance, seed, count, scheduler]
+    button.click(h.generate_image, inputs, [gallery, manifest, status], **HEAVY)
+    prompt.submit(h.generate_image, inputs, [gallery, manifest, status], **HEAVY)
+    return model
+
+
+def _music_tab(h: Handlers) -> gr.Dropdown:
+    with gr.Row():
+        with gr.Column():
+            model = _model_picker(h, "audio", elem_id="music-model")
+            prompt = gr.Textbox(value=DEFAULT_MUSIC_PROMPT, label="prompt", lines=2, elem_id="music-prompt")
+            negative = gr.Textbox(label="negative prompt", placeholder="optional")
+            steps, guidance, seed = _sampling_controls("music")
+            with gr.Row():
+                count = gr.Slider(1, MAX_CLIPS, value=2, step=1, label="clips")
+                length = gr.Number(value=0, label="length in s (0 = the model's)")
+                scheduler = _scheduler_picker()
+            button = gr.Button("Generate", variant="primary", elem_id="music-generate")
+        with gr.Column():
+            audios, spectrograms = [], []
+            for i in range(MAX_CLIPS):
+                with gr.Row():
+                    audios.append(gr.Audio(label=f"clip {i + 1}", type="filepath", visible=False))
+                    spectrograms.append(gr.Image(label="spectrogram", visible=False, height=120))
+            status = gr.Markdown(elem_id="music-status")
+            manifest = gr.File(label="manifest.json")
+    inputs = [model, prompt, negative, steps, guidance, seed, count, length, scheduler]
+    button.click(h.generate_music, inputs, [*audios, *spectrograms, manifest, status], **HEAVY)
+    return model
+
+
+def _merge_tab(h: Handlers) -> tuple[list[gr.Dropdown], gr.events.Dependency]:
+    gr.Markdown(
+        "Weight-space merge of 2 to 4 models of one architecture: the UNet becomes Σ wᵢ·UNetᵢ. "
+        "Releasing a slider re-merges in memory and samples the fixed prompt and seed."
+    )
+    choices = h.choices()
+    with gr.Row():
+        with gr.Column():
+            count = gr.Radio(list(range(2, MAX_MERGE + 1)), value=2, label="number of models")
+            rows, models, weights = [], [], []
+            for i in range(MAX_MERGE):
+                with gr.Row(visible=i < 2) as row:
+                    value = choices[i][1] if i < len(choices) else None
+                    models.append(gr.Dropdown(choices=choices, value=value, label=f"model {i + 1}"))
+                    weights.append(
+                        gr.Slider(0, 1, value=0.5, step=0.05, label=f"weight {i + 1}", elem_id=f"merge-weight-{i}")
+                    )
+                rows.append(row)
+            normalize = gr.Checkbox(value=True, label="normalise weights to sum 1")
+            prompt = gr.Textbox(value=DEFAULT_PROMPT, label="preview prompt", elem_id="merge-prompt")
+            steps, guidance, seed = _sampling_controls("merge", steps=20)
+            preview_button = gr.Button("Preview", elem_id="merge-preview-button")
+        with gr.Column():
+            image = gr.Image(label="preview", height=320, elem_id="merge-preview", elem_classes=["pixelated"])
+            audio = gr.Audio(label="preview clip", visible=False)
+            mix = gr.Markdown(elem_id="merge-mix")
+            name = gr.Textbox(label="save as runs/<name>", placeholder="e.g. shapes-mix-03")
+            save = gr.Button("Save merge", elem_id="merge-save")
+            saved = gr.Markdown()
+    count.change(h.merge_rows, count, rows, **LIGHT)
+    inputs = [count, prompt, seed, steps, guidance, normalize, *models, *weights]
+    for slider in weights:
+        slider.release(h.merge_preview, inputs, [image, audio, mix], **HEAVY)
+    preview_button.click(h.merge_preview, inputs, [image, audio, mix], **HEAVY)
+    event = save.click(h.save_merge, [count, normalize, name, *models, *weights], saved, **HEAVY)
+    return models, event
+
+
+def _train_tab(h: Handlers, studio: Studio) -> None:
+    recipes = studio.recipes()
+    with gr.Row():
+        with gr.Column():
+            recipe = gr.Dropdown(
+                [(f"{name}: {doc}", name) for name, doc in recipes.items()],
+                value="pretrain-shapes" if "pretrain-shapes" in recipes else next(iter(recipes)),
+                label="recipe",
+                elem_id="train-recipe",
+            )
+            overrides = gr.Textbox(
+                label="overrides, one key=value per line",
+                lines=4,
+                placeholder="max_steps=200\nbatch_size=16",
+                elem_id="train-overrides",
+            )
+            name = gr.Textbox(label="run name (default: recipe and time)", elem_id="train-name")
+            with gr.Row():
+                start = gr.Button("Start", variant="primary", elem_id="train-start")
+                cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+            status = gr.Markdown("No training run yet.", elem_id="train-status")
+            log = gr.Textbox(label="log", lines=8, max_lines=8, autoscroll=True)
+        with gr.Column():
+            loss = gr.LinePlot(x="step", y="loss", title="training loss", value=_empty_loss(), height=260)
+            sample = gr.Image(label="latest samples", elem_classes=["pixelated"])
+    timer = gr.Timer(2.0, active=False)
+    outputs = [status, loss, sample, log, timer]
+    start.click(h.train_start, [recipe, overrides, name], outputs, **LIGHT)
+    cancel.click(h.train_cancel, None, outputs, **LIGHT)
+    timer.tick(h.train_poll, None, outputs, **LIGHT)
+
+
+def _empty_loss():
+    import pandas as pd
+
+    return pd.DataFrame({c: [] for c in LOSS_COLUMNS})
+
+
+def _evaluate_tab(h: Handlers) -> gr.Dropdown:
+    gr.Markdown(
+        "Guidance sweep on the world's held-out prompts, scored by the eval judge: adherence against "
+        "diversity for each guidance scale (like `mixstudio sweep`)."
+    )
+    with gr.Row():
+        with gr.Column():
+            model = _model_picker(h, None, elem_id="eval-model")
+            scales = gr.Textbox(value="1, 2, 4", label="guidance scales", elem_id="eval-scales")
+            per_prompt = gr.Slider(2, MAX_PER_PROMPT, value=2, step=1, label="samples per prompt")
+            steps = gr.Slider(1, MAX_APP_STEPS, value=25, step=1, label="steps", elem_id="eval-steps")
+            seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
+            button = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
+        with gr.Column():
+            table = gr.Dataframe(label="per guidance scale", interactive=False, elem_id="eval-table")
+            plot = gr.Image(label="adherence vs diversity", elem_id="eval-plot")
+            files = gr.File(label="sweep.json, sweep.md", file_count="multiple")
+            markdown = gr.Markdown()
+    button.click(h.evaluate, [model, scales, per_prompt, steps, seed], [table, plot, files, markdown], **HEAVY)
+    return model
+
+
+def _models_tab(h: Handlers) -> tuple[gr.Dataframe, gr.Button, gr.events.Dependency]:
+    table = gr.Dataframe(value=h.models_table(), label="models", interactive=False)
+    refresh = gr.Button("Refresh model lists", elem_id="models-refresh")
+    limit = MAX_UPLOAD_BYTES >> 20
+    gr.Markdown(f"Import a pipeline folder as a .zip (safetensors and JSON files only, at most {limit} MB).")
+    with gr.Row():
+        upload = gr.File(label="pipeline .zip", file_types=[".zip"], type="filepath")
+        name = gr.Textbox(label="name under runs/")
+    button = gr.Button("Import")
+    result = gr.Markdown()
+    event = button.click(h.import_model, [upload, name], result, **HEAVY)
+    return table, refresh, event
+
+
+def launch(
+    workdir: str | Path = "studio-app",
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    *,
+    block: bool = True,
+) -> tuple[gr.Blocks, Studio]:
+    """Build the service and the UI and serve them.
+
+    Args:
+        workdir: the app's working folder (every file it writes, Gradio's cache included, lands inside).
+        host: interface to bind (``127.0.0.1``: this machine only).
+        port: TCP port.
+        share: also open a public gradio.live tunnel.
+        block: serve until interrupted (False: return once the server runs, for tests and scripts).
+
+    Returns:
+        The running Blocks and its service (when ``block`` is False).
+
+    Raises:
+        ValueError: for a port out of range or already in use.
+    """
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be from 1 to 65535, got {port}")
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Gradio's cache (uploads, served copies of outputs) goes inside the workdir too; components read the
+    # variable when they are built, so it is set before build_ui
+    os.environ["GRADIO_TEMP_DIR"] = str(workdir / ".gradio")
+    studio = Studio(workdir)
+    demo = build_ui(studio)
+    try:
+        demo.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            allowed_paths=[str(workdir)],
+            max_file_size=MAX_UPLOAD_BYTES,
+            css=CSS,
+            prevent_thread_lock=not block,
+            quiet=not block,
+        )
+    except OSError as err:
+        studio.close()
+        raise ValueError(f"cannot serve on {host}:{port} ({err}); pass another --port") from None
+    if block:
+        studio.close()
+    return demo, studio
