@@ -135,7 +135,7 @@ def finetune() -> FinetuneConfig:
     return FinetuneConfig(
         base="shapes",
         out=Path("runs/finetune"),
-        adapter={"method": "lora", "rank": 4},
+        adapter={"method": "lora"},  # method defaults only, so --set adapter.method=oft leaves no LoRA keys
         prior_weight=1.0,
         class_samples=32,
         max_steps=300,

@@ -87,7 +87,7 @@ class FinetuneConfig(TrainerConfig):
     base: str = "shapes"
     world: str | None = None
     data: ConceptData = field(default_factory=ConceptData)
-    adapter: dict[str, Any] = field(default_factory=lambda: {"method": "lora", "rank": 4})
+    adapter: dict[str, Any] = field(default_factory=lambda: {"method": "lora"})
     targets: tuple[str, ...] = DEFAULT_TARGETS
     text_encoder_targets: tuple[str, ...] = ()
     prior_weight: float = 1.0

@@ -134,3 +134,11 @@ def test_missing_concept_folder_is_a_clear_error(tiny_shapes_folder, tmp_path):
     trainer = FinetuneTrainer(config(tiny_shapes_folder, tmp_path / "none", tmp_path))
     with pytest.raises(ValueError, match=r"data.dir .* is not a folder"):
         trainer.setup()
+
+
+def test_switching_the_adapter_method_by_override_leaves_no_stale_options():
+    from studio.config import apply_overrides
+    from studio.recipes import get_recipe
+
+    cfg = apply_overrides(get_recipe("finetune"), ["adapter.method=oft", "adapter.block_size=8"])
+    assert cfg.adapter == {"method": "oft", "block_size": 8}
