@@ -37,6 +37,19 @@ def judge_dir(world: str, role: Role) -> Path:
 EMBEDDED_MODELS: dict[str, str] = {"shapes": "image", "synth": "audio"}
 
 
+def world_of(base: str, world: str | None) -> str:
+    """The world a trainer on ``base`` uses: ``world`` if given, else the embedded model's own.
+
+    Raises:
+        ValueError: if neither says which world (``base`` is a path or hub id and ``world`` is None).
+    """
+    if world is not None:
+        return world
+    if base not in EMBEDDED_MODELS:
+        raise ValueError(f"base {base!r} is not an embedded model; set world=shapes or world=synth")
+    return base
+
+
 def model_dir(name: str) -> Path:
     """Folder of an embedded model.
 

@@ -76,6 +76,12 @@ class StudioImagePipeline(StudioDiffusionPipeline):
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         return self.initial_noise(shape, generator, latents)
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in [-1, 1] → the UNet's space (the inverse of :meth:`decode`; VAE mean latents)."""
+        if self.vae is None:
+            return images
+        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean * self.vae.config.scaling_factor
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents → images ``(B, 3, H, W)`` in [-1, 1]."""
         if self.vae is None:

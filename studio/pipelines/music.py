@@ -93,6 +93,10 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
         shape = (batch, self.unet.config.in_channels, self.codec.config.n_mels, frames)
         return self.initial_noise(shape, generator, latents)
 
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Waveforms ``(B, T)`` → mels ``(B, 1, M, F)`` in [-1, 1] (the inverse of :meth:`decode`)."""
+        return self.codec.encode(audio)
+
     def decode(self, mels: torch.Tensor) -> torch.Tensor:
         """Mels ``(B, 1, M, F)`` in [-1, 1] → waveforms ``(B, F · hop)``."""
         return self.codec.decode(mels.float().clamp(-1, 1))

@@ -35,7 +35,7 @@ from studio.config import to_dict
 from studio.guidance import cfg_combine, check_guidance_scale
 from studio.io import atomic_dir, atomic_write_text, write_png
 from studio.models.text import encode_text
-from studio.models.zoo import EMBEDDED_MODELS
+from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler, gaussian_log_prob
 from studio.trainers.base import Trainer, TrainerConfig, sample_generator
 from studio.trainers.rewards import JudgeEmbedder, pair_diversity
@@ -82,10 +82,7 @@ class CFGDistillConfig(TrainerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_guidance_scale(self.guidance_scale)
-        if self.world is None:
-            if self.base not in EMBEDDED_MODELS:
-                raise ValueError(f"base {self.base!r} is not an embedded model; set world=shapes or world=synth")
-            self.world = self.base
+        self.world = world_of(self.base, self.world)
         if not 0 <= self.on_policy <= 1:
             raise ValueError(f"on_policy must be in [0, 1], got {self.on_policy}")
         if self.diversity_weight < 0:
@@ -142,13 +139,7 @@ class CFGDistillTrainer(Trainer):
 
     def encode_data(self, samples: list) -> torch.Tensor:
         """World samples in the model's space (pixels, VAE latents or mels)."""
-        data = torch.stack([to_tensor(s.data) for s in samples]).to(self.accelerator.device)
-        if getattr(self.pipe, "codec", None) is not None:
-            return self.pipe.codec.encode(data)
-        vae = getattr(self.pipe, "vae", None)
-        if vae is not None:
-            return vae.encode(data).latent_dist.mean * vae.config.scaling_factor
-        return data
+        return self.pipe.encode(torch.stack([to_tensor(s.data) for s in samples]).to(self.accelerator.device))
 
     def predictor(self, unet, embeds: torch.Tensor, mask: torch.Tensor | None):
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

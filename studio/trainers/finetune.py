@@ -36,7 +36,7 @@ from studio.adapters import (
 )
 from studio.io import atomic_write_text, read_image, read_wav, write_png, write_wav
 from studio.models.text import encode_text, tokenize
-from studio.models.zoo import EMBEDDED_MODELS
+from studio.models.zoo import world_of
 from studio.trainers.base import Trainer, TrainerConfig, sample_generator
 from studio.trainers.ema import EMA
 from studio.worlds import get_world
@@ -100,10 +100,7 @@ class FinetuneConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.world is None:
-            if self.base not in EMBEDDED_MODELS:
-                raise ValueError(f"base {self.base!r} is not an embedded model; set world=shapes or world=synth")
-            self.world = self.base
+        self.world = world_of(self.base, self.world)
         options = dict(self.adapter)
         if "method" not in options:
             raise ValueError("adapter needs a method, e.g. --set adapter.method=lora")
@@ -173,14 +170,8 @@ class FinetuneTrainer(Trainer):
     # ---- data ---------------------------------------------------------------------------------
     def encode_data(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """Files → model space (pixels, VAE latents or mels), ``(N, C, H, W)``."""
-        data = torch.stack([to_tensor(a) for a in arrays])
         with torch.no_grad():
-            if getattr(self.pipe, "codec", None) is not None:
-                return self.pipe.codec.encode(data)
-            vae = getattr(self.pipe, "vae", None)
-            if vae is not None:
-                return vae.encode(data).latent_dist.mean * vae.config.scaling_factor
-        return data
+            return self.pipe.encode(torch.stack([to_tensor(a) for a in arrays]))
 
     def class_samples(self) -> torch.Tensor:
         """Base-model samples of the class prompt, generated once and cached as files under ``out/class_samples``.

@@ -104,3 +104,14 @@ def test_samplers_for_cosine_pixel_models_are_guarded(tiny_embedded_pipeline):
     assert dpm.config.thresholding and dpm.config.lambda_min_clipped == -5.1
     with pytest.raises(ValueError, match="'euler' diverges"):
         make_scheduler("euler", config)
+
+
+def test_encode_maps_images_into_the_unet_space(tiny_sd_folder, tiny_embedded_pipeline):
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(tiny_embedded_pipeline.encode(images), images)  # pixel model: the identity
+    sd = load_pipeline(str(tiny_sd_folder))
+    latents = sd.encode(images)
+    f = sd.vae_scale_factor
+    assert latents.shape == (2, sd.unet.config.in_channels, 16 // f, 16 // f)
+    expected = sd.vae.encode(images).latent_dist.mean * sd.vae.config.scaling_factor
+    torch.testing.assert_close(latents, expected)
