@@ -54,6 +54,22 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length:
     return tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
 
 
+def text_hidden_states(text_encoder: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``(B, L, D)`` hidden states of token ids; with a mask, padding positions are zeros.
+
+    A masked encoder runs only up to the batch's longest prompt and the rest is zero-filled: real tokens'
+    states do not depend on the padding after them, so a prompt gets the same states in any batch, and
+    world captions (~16 of 48 tokens) encode ~3x faster. CLIP (no mask) runs on the full padded length.
+    """
+    if mask is None:
+        return text_encoder(ids)[0]
+    n = int(mask.sum(1).max())
+    if mask[:, n:].any():  # left padding: nothing to trim
+        return text_encoder(ids, attention_mask=mask)[0] * mask[..., None].to(torch.float32)
+    hidden = text_encoder(ids[:, :n], attention_mask=mask[:, :n])[0] * mask[:, :n, None].to(torch.float32)
+    return torch.nn.functional.pad(hidden, (0, 0, 0, ids.shape[1] - n))
+
+
 @torch.no_grad()
 def encode_text(
     text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device
@@ -64,7 +80,10 @@ def encode_text(
     """
     tokens = tokenize(tokenizer, prompts)
     ids = tokens.input_ids.to(device)
-    is_clip = "clip" in type(text_encoder).__name__.lower()
-    mask = None if is_clip else tokens.attention_mask.to(device)
-    hidden = text_encoder(ids, attention_mask=mask)[0]
-    return hidden, mask
+    mask = None if is_clip(text_encoder) else tokens.attention_mask.to(device)
+    return text_hidden_states(text_encoder, ids, mask), mask
+
+
+def is_clip(text_encoder: torch.nn.Module) -> bool:
+    """Whether a text encoder is CLIP's (Stable Diffusion's), which is used unmasked."""
+    return "clip" in type(text_encoder).__name__.lower()

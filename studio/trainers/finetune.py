@@ -35,7 +35,7 @@ from studio.adapters import (
     save_adapter,
 )
 from studio.io import atomic_write_text, read_image, read_wav, write_png, write_wav
-from studio.models.text import encode_text, tokenize
+from studio.models.text import encode_text, is_clip, text_hidden_states, tokenize
 from studio.models.zoo import world_of
 from studio.trainers.base import Trainer, TrainerConfig, sample_generator
 from studio.trainers.ema import EMA
@@ -227,7 +227,7 @@ class FinetuneTrainer(Trainer):
         target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, noise, t)
         if self.config.text_encoder_targets:  # gradients must reach the text-encoder adapter: encode in forward
             tokens = tokenize(self.pipe.tokenizer, prompts)
-            mask = None if _is_clip(self.pipe.text_encoder) else tokens.attention_mask.to(x0.device)
+            mask = None if is_clip(self.pipe.text_encoder) else tokens.attention_mask.to(x0.device)
             pred = self.model(noisy, t, mask=mask, input_ids=tokens.input_ids.to(x0.device))
         else:
             embeds, mask = encode_text(self.pipe.text_encoder, self.pipe.tokenizer, prompts, x0.device)
@@ -326,7 +326,7 @@ class _Denoiser(nn.Module):
 
     def forward(self, noisy, t, embeds=None, mask=None, input_ids=None) -> torch.Tensor:
         if input_ids is not None:
-            embeds = self.text_encoder(input_ids, attention_mask=mask)[0]
+            embeds = text_hidden_states(self.text_encoder, input_ids, mask)
         return self.unet(noisy, t, encoder_hidden_states=embeds, encoder_attention_mask=mask).sample
 
 
@@ -355,7 +355,3 @@ class _AdapterView(nn.Module):
         with torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v)
-
-
-def _is_clip(text_encoder: nn.Module) -> bool:
-    return "clip" in type(text_encoder).__name__.lower()
