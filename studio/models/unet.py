@@ -7,6 +7,19 @@ import math
 from diffusers import UNet2DConditionModel
 
 
+def norm_groups(channels: tuple[int, ...], min_group_channels: int = 4) -> int:
+    """GroupNorm groups for these level widths: the most (up to 32) that divide every width and leave at
+    least ``min_group_channels`` channels per group at the narrowest level.
+
+    One channel per group is instance normalisation: it erases each feature map's mean, which is how a
+    flat image says its colour (an autoencoder with 16 groups at width 16 reconstructed held-out shapes in
+    the average colour: judge colour accuracy 0.13, chance).
+    """
+    common = math.gcd(*channels)
+    fits = [g for g in range(1, min(32, common) + 1) if common % g == 0 and min(channels) // g >= min_group_channels]
+    return max(fits, default=1)
+
+
 def build_unet(
     *,
     in_channels: int,
@@ -17,6 +30,7 @@ def build_unet(
     cross_attention_dim: int = 384,
     heads: int = 4,
     pooled_text: bool = False,
+    groups: int | None = None,
 ) -> UNet2DConditionModel:
     """A conditional UNet with cross-attention only at the given levels (0 = highest resolution).
 
@@ -34,6 +48,7 @@ def build_unet(
         pooled_text: also add an attention-pooled summary of the prompt to the timestep embedding
             (diffusers' ``addition_embed_type="text"``), so every ResNet block, including those at the
             highest resolution where there is no cross-attention, sees what the prompt asks for.
+        groups: GroupNorm groups (default: :func:`norm_groups`).
     """
     levels = range(len(channels))
     bad = [a for a in attention_levels if a not in levels]
@@ -51,7 +66,7 @@ def build_unet(
         up_block_types=up,
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=heads,
-        norm_num_groups=min(32, math.gcd(*channels)),
+        norm_num_groups=groups or norm_groups(tuple(channels)),
         addition_embed_type="text" if pooled_text else None,
         addition_embed_type_num_heads=8,
     )

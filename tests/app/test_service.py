@@ -49,11 +49,12 @@ def test_generate_image_writes_the_model_size_reproducibly_with_a_manifest(studi
     manifest = json.loads(result.manifest.read_text())
     assert [(i["prompt"], i["seed"]) for i in manifest["items"]] == [("a red circle", 5 + k) for k in range(3)]
     assert manifest["world"] == "shapes" and manifest["meta"]["guidance"] == 3.0
-    # sample k is exactly what the pipeline makes with seed + k
+    # sample k is what the pipeline makes with seed + k
     pipe = load_pipeline(studio.runs_dir / "a")
     direct = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, output_type="np",
                   generator=torch.Generator().manual_seed(6)).images  # fmt: skip
-    np.testing.assert_array_equal(images[1], to_uint8(direct)[0])
+    # batch 3 vs batch 1 changes float summation order: at most one level of uint8 rounding
+    assert np.abs(images[1].astype(int) - to_uint8(direct)[0].astype(int)).max() <= 1
     assert not np.array_equal(images[0], images[1])
 
 
