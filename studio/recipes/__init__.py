@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.judges.train import JudgeTrainConfig
+from studio.trainers.autoencoder import AutoencoderConfig
 from studio.trainers.cfg_distill import CFGDistillConfig
 from studio.trainers.finetune import FinetuneConfig
 from studio.trainers.pretrain import PretrainConfig
@@ -35,12 +36,29 @@ def _judge(world: str, role: str) -> Callable[[], JudgeTrainConfig]:
     return recipe
 
 
+def vae_shapes() -> AutoencoderConfig:
+    """The latent space of the embedded image model: 32x32 RGB shapes <-> 8x8x4 latents."""
+    return AutoencoderConfig(
+        world="shapes",
+        out=Path("runs/vae-shapes"),
+        channels=(16, 32, 64),  # 0.8 s per batch-32 step on one thread; (32, 64, 128) costs 2.6 s
+        latent_channels=4,
+        max_steps=1000,
+        batch_size=32,
+        lr=1e-3,
+        lr_warmup_steps=50,
+        checkpoint_every=250,
+        sample_every=250,
+    )
+
+
 def pretrain_shapes() -> PretrainConfig:
-    """The embedded text-to-image base model: a 3.1M-parameter pixel-space UNet on 32x32 shapes."""
-    # (32, 64, 96) trains 1.8x faster per step than (64, 96, 96) on this CPU (2.75 vs 4.9 s at batch 32,
-    # 1 contended thread); in a one-hour budget more steps beat more width. v-prediction without min-SNR:
-    # after ~1450 steps, eval-judge colour adherence on training-vocabulary prompts (w=4, DDIM 25) was 0.969,
-    # against 0.31 for epsilon + min-SNR-5, whose DDIM samples kept residual noise.
+    """The embedded text-to-image base model: a pixel-space UNet on 32x32 shapes."""
+    # One thread beside pretrain-synth: 2.5 s per batch-16 step, ~1450 steps in an hour. The first run
+    # (batch 32, 1050 steps, 32 GroupNorm groups = one channel per group at width 32) reached colour 0.88
+    # but shape 0.22 (chance 0.17). A latent model on a small AutoencoderKL (vae-shapes) was tried too:
+    # after 500 steps its held-out reconstructions still judged colour 0.29 and shape 0.40, so an hour of
+    # autoencoder training would have left no hour for the UNet.
     return PretrainConfig(
         world="shapes",
         out=Path("runs/pretrain-shapes"),
@@ -48,13 +66,13 @@ def pretrain_shapes() -> PretrainConfig:
         snr_gamma=None,
         channels=(32, 64, 96),
         attention_levels=(1, 2),
-        max_steps=1050,
-        batch_size=32,
-        lr=6e-4,
+        max_steps=1450,
+        batch_size=16,
+        lr=5e-4,
         lr_warmup_steps=100,
         checkpoint_every=100,
-        sample_every=350,
-        max_minutes=65,
+        sample_every=500,
+        max_minutes=62,
     )
 
 
@@ -63,7 +81,8 @@ def pretrain_synth() -> PretrainConfig:
     # Per sample, an 80x128 mel costs ~8x the MACs of a 32x32 RGB image with the same UNet, which would leave
     # ~400 batch-16 steps in an hour. Hop 512 (80x64) and a 16-channel top level bring it to ~1.5x. The vocoder
     # pays for it (benchmarks/bench_vocoder.py, 100 clips: sc 0.412 vs 0.334; eval judge on reconstructions
-    # drums 0.91 vs 1.00, key 0.98 vs 1.00, tempo/mode/lead unchanged).
+    # drums 0.91 vs 1.00, key 0.98 vs 1.00, tempo/mode/lead unchanged). 800 steps fill one hour on one
+    # thread (3.8-4.6 s/step; 2.3 s on two), so the shipped model trained beside pretrain-shapes on the other core.
     return PretrainConfig(
         world="synth",
         out=Path("runs/pretrain-synth"),
@@ -72,13 +91,13 @@ def pretrain_synth() -> PretrainConfig:
         mel_hop_length=512,
         channels=(16, 32, 64, 96),
         attention_levels=(2, 3),
-        max_steps=1300,
+        max_steps=800,
         batch_size=16,
         lr=6e-4,
         lr_warmup_steps=100,
         checkpoint_every=100,
-        sample_every=325,
-        max_minutes=65,
+        sample_every=400,
+        max_minutes=62,
     )
 
 
@@ -150,6 +169,7 @@ def finetune() -> FinetuneConfig:
 #: The one place a recipe name maps to the function that builds its config.
 RECIPES: dict[str, Callable[[], Any]] = {
     **{f"judge-{world}-{role}": _judge(world, role) for world in ("shapes", "synth") for role in ("reward", "eval")},
+    "vae-shapes": vae_shapes,
     "pretrain-shapes": pretrain_shapes,
     "pretrain-synth": pretrain_synth,
     "cfg-distill-shapes": cfg_distill_shapes,
@@ -172,12 +192,14 @@ def get_recipe(name: str) -> Any:
 def run_config(config: Any, command: str = "") -> Any:
     """Run the trainer that owns ``config``'s type."""
     from studio.judges.train import train_judge
+    from studio.trainers.autoencoder import AutoencoderTrainer
     from studio.trainers.cfg_distill import CFGDistillTrainer
     from studio.trainers.finetune import FinetuneTrainer
     from studio.trainers.pretrain import PretrainTrainer
 
     runners: dict[type, Callable[..., Any]] = {
         JudgeTrainConfig: train_judge,
+        AutoencoderConfig: lambda config, command: AutoencoderTrainer(config, command=command).fit(),
         PretrainConfig: lambda config, command: PretrainTrainer(config, command=command).fit(),
         CFGDistillConfig: lambda config, command: CFGDistillTrainer(config, command=command).fit(),
         FinetuneConfig: lambda config, command: FinetuneTrainer(config, command=command).fit(),

