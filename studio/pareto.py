@@ -1,0 +1,197 @@
+"""Adherence-diversity Pareto evaluation of CFG distillation: the base model with guidance against its students.
+
+Points (each a folder that ``mixstudio eval`` scores the same way):
+
+- the base model with classifier-free guidance at each ``w`` (the curve to beat);
+- every student sampled *without* guidance (one UNet call per step);
+- weight-space merges of a quality student and a diversity student at each ``λ``
+  (``θ = (1 − λ)·θ_quality + λ·θ_diversity``), the deployment-time slider.
+
+Every point is scored by the eval judge (the reported numbers) and by the reward judge (what the
+trainers optimised), side by side, so reward hacking shows as a gap. A point is *Pareto-better than
+CFG* when it has higher adherence and higher diversity than the guided base model at some ``w``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder
+from studio.io import atomic_dir, atomic_write_text, check_output_dir, write_png
+from studio.judges.evaluate import evaluate_folder, write_report
+from studio.plots import tradeoff_plot
+
+DEFAULT_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+DEFAULT_LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class ParetoPoint:
+    """One sampled configuration and its scores under both judges.
+
+    ``dominates`` lists the CFG settings (``w=…``) this point beats on both adherence and diversity.
+    """
+
+    method: str
+    setting: str
+    model: str
+    guidance: float
+    adherence: float
+    diversity: float
+    reward_adherence: float
+    reward_diversity: float
+    seconds_per_sample: float
+    folder: str
+    dominates: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclass
+class ParetoReport:
+    base: str
+    world: str
+    steps: int
+    per_prompt: int
+    prompts: int
+    points: list[ParetoPoint]
+
+    def table(self) -> str:
+        """A Markdown table: one row per point, eval judge then reward judge."""
+        head = (
+            "| method | setting | adherence | diversity | reward-judge adherence | reward-judge diversity "
+            "| s/sample | beats CFG at |"
+        )
+        rows = [
+            f"| {p.method} | {p.setting} | {p.adherence:.3f} | {p.diversity:.4f} | {p.reward_adherence:.3f} | "
+            f"{p.reward_diversity:.4f} | {p.seconds_per_sample:.3f} | {', '.join(p.dominates) or '-'} |"
+            for p in self.points
+        ]
+        title = (
+            f"base `{self.base}` · world {self.world} · {self.prompts} held-out prompts × {self.per_prompt} · "
+            f"{self.steps} steps · adherence and diversity by the eval judge unless marked"
+        )
+        return "\n".join([title, "", head, "|" + "---|" * 8, *rows])
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def mark_dominance(points: list[ParetoPoint]) -> None:
+    """Fill each non-CFG point's ``dominates`` with the CFG settings it beats on adherence and diversity."""
+    cfg = [p for p in points if p.method == "CFG"]
+    for point in points:
+        if point.method != "CFG":
+            point.dominates = [
+                c.setting for c in cfg if point.adherence > c.adherence and point.diversity > c.diversity
+            ]
+
+
+def pareto_eval(
+    base: str,
+    modality: str,
+    *,
+    out: str | Path,
+    students: dict[str, str] | None = None,
+    quality: str | None = None,
+    diversity: str | None = None,
+    scales: tuple[float, ...] = DEFAULT_SCALES,
+    lambdas: tuple[float, ...] = DEFAULT_LAMBDAS,
+    per_prompt: int = 4,
+    steps: int = 25,
+    seed: int = 0,
+    world: str | None = None,
+    progress: bool = True,
+) -> ParetoReport:
+    """Sample and score the base model's CFG curve, the students and the quality-diversity merges.
+
+    Args:
+        base: the teacher: embedded name, pipeline folder or hub id.
+        modality: ``image`` or ``audio``.
+        out: folder for every point's samples and ``pareto.json``, ``pareto.md``, ``pareto.png``
+            (written atomically: an existing folder is replaced only when everything succeeded).
+        students: extra unguided models to score, ``{label: model}``.
+        quality, diversity: the β = 0 and β > 0 students; with both, merges at each ``λ`` are scored.
+        scales: the base model's guidance scales.
+        lambdas: merge weights of the diversity student (0 = quality student, 1 = diversity student).
+        per_prompt, steps, seed: sampling settings shared by every point.
+        world: the world whose held-out prompts and judges are used (default: the base model's).
+
+    Raises:
+        ValueError: for ``per_prompt < 2``, only one of ``quality``/``diversity``, a λ outside [0, 1],
+            or an unwritable ``out``.
+    """
+    from studio.merging import merge_pipelines
+
+    if per_prompt < 2:
+        raise ValueError(f"-n must be at least 2 for diversity to be defined, got {per_prompt}")
+    if (quality is None) != (diversity is None):
+        raise ValueError("merges need both --quality and --diversity students (or neither)")
+    if any(not 0 <= lam <= 1 for lam in lambdas):
+        raise ValueError(f"merge weights λ must be in [0, 1], got {list(lambdas)}")
+    out = check_output_dir(out)
+    unguided = dict(students or {})
+    if quality is not None:
+        unguided |= {"quality student (β = 0)": quality, "diversity student (β > 0)": diversity}
+    template = GenerateRequest(
+        modality=modality,
+        prompts=["placeholder"],
+        n=per_prompt,
+        model=base,
+        steps=steps,
+        seed=seed,
+        world=world,
+        out=out / "cfg-1",
+    )  # validates the settings before any sampling
+    prompts = eval_prompt_texts(template.world)
+    points: list[ParetoPoint] = []
+    with atomic_dir(out) as tmp:
+
+        def score(method: str, setting: str, model: str, guidance: float, folder: str) -> None:
+            request = dataclasses.replace(template, prompts=prompts, model=model, guidance=guidance, out=tmp / folder)
+            start = time.perf_counter()
+            generate_to_folder(request, progress=progress)
+            seconds = (time.perf_counter() - start) / (len(prompts) * per_prompt)
+            judged = {role: evaluate_folder(request.out, role=role) for role in ("eval", "reward")}
+            write_report(judged["eval"], request.out / "eval.json")
+            write_report(judged["reward"], request.out / "eval-reward.json")
+            points.append(
+                ParetoPoint(
+                    method=method,
+                    setting=setting,
+                    model=model,
+                    guidance=guidance,
+                    adherence=judged["eval"].adherence,
+                    diversity=judged["eval"].diversity or 0.0,
+                    reward_adherence=judged["reward"].adherence,
+                    reward_diversity=judged["reward"].diversity or 0.0,
+                    seconds_per_sample=seconds,
+                    folder=folder,
+                )
+            )
+
+        for w in scales:
+            score("CFG", f"w={w:g}", base, w, f"cfg-{w:g}")
+        for i, (label, model) in enumerate(unguided.items()):
+            score(label, "w=1", model, 1.0, f"student-{i}")
+        if quality is not None:
+            for lam in lambdas:
+                merged = tmp / "merges" / f"lambda-{lam:g}"
+                merge_pipelines([quality, diversity], [1 - lam, lam], merged, modality=modality)
+                score("merge", f"λ={lam:g}", str(merged), 1.0, f"merge-{lam:g}")
+        mark_dominance(points)
+        report = ParetoReport(
+            base=base, world=template.world, steps=steps, per_prompt=per_prompt, prompts=len(prompts), points=points
+        )
+        atomic_write_text(tmp / "pareto.json", report.to_json())
+        atomic_write_text(tmp / "pareto.md", report.table() + "\n")
+        series: dict[str, list[tuple[float, float, str]]] = {}
+        for p in points:
+            name = f"{base} + CFG" if p.method == "CFG" else ("merges" if p.method == "merge" else "students")
+            series.setdefault(name, []).append(
+                (p.diversity, p.adherence, p.method if name == "students" else p.setting)
+            )
+        write_png(tmp / "pareto.png", tradeoff_plot(series, title=f"{template.world}: CFG vs distilled students"))
+    return report

@@ -1,0 +1,80 @@
+"""``mixstudio eval --pareto``: the CFG curve, unguided students and their merges, scored by both judges."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from studio.cli import main
+from studio.io import read_image
+from studio.judges.evaluate import evaluate_folder
+from studio.pipelines import StudioImagePipeline
+
+
+@pytest.fixture(scope="module")
+def perturbed_student(tiny_shapes_folder, tmp_path_factory):
+    """The tiny shapes model with every UNet weight nudged: a stand-in for a trained diversity student."""
+    pipe = StudioImagePipeline.from_pretrained(tiny_shapes_folder)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.add_(0.2 * p.abs().mean() * torch.randn(p.shape, generator=generator))
+    folder = tmp_path_factory.mktemp("student") / "diverse"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_pareto_scores_cfg_students_and_merges_with_both_judges(
+    tmp_path, capsys, tiny_shapes_folder, perturbed_student
+):
+    out = tmp_path / "pareto"
+    args = ["--quiet", "eval", "--pareto", "image", "--model", str(tiny_shapes_folder), "--guidance", "1", "3"]
+    args += ["--quality", str(tiny_shapes_folder), "--diversity", str(perturbed_student), "--lambdas", "0", "1"]
+    args += ["-n", "2", "--steps", "1", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "beats CFG at" in capsys.readouterr().out
+
+    report = json.loads((out / "pareto.json").read_text())
+    points = {(p["method"], p["setting"]): p for p in report["points"]}
+    assert list(points) == [
+        ("CFG", "w=1"), ("CFG", "w=3"), ("quality student (β = 0)", "w=1"), ("diversity student (β > 0)", "w=1"),
+        ("merge", "λ=0"), ("merge", "λ=1"),
+    ]  # fmt: skip
+    for point in report["points"]:
+        folder = out / point["folder"]
+        assert point["adherence"] == pytest.approx(evaluate_folder(folder).adherence)
+        assert point["reward_adherence"] == pytest.approx(evaluate_folder(folder, role="reward").adherence)
+        cfg = [c for c in report["points"] if c["method"] == "CFG"]
+        beaten = [
+            c["setting"] for c in cfg if point["adherence"] > c["adherence"] and point["diversity"] > c["diversity"]
+        ]
+        assert point["dominates"] == ([] if point["method"] == "CFG" else beaten)
+
+    def image(point):
+        return read_image(out / points[point]["folder"] / "0000.png").astype(int)
+
+    # the merge slider's ends are the two students themselves, and they differ
+    assert np.array_equal(image(("merge", "λ=0")), image(("quality student (β = 0)", "w=1")))
+    assert np.array_equal(image(("merge", "λ=1")), image(("diversity student (β > 0)", "w=1")))
+    assert not np.array_equal(image(("merge", "λ=0")), image(("merge", "λ=1")))
+    assert read_image(out / "pareto.png").std() > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--quality", "shapes"], "both --quality and --diversity"),
+        (["--lambdas", "1.5"], "[0, 1]"),
+        (["-n", "1"], "at least 2"),
+    ],
+)
+def test_pareto_rejects_bad_settings_before_sampling(tmp_path, capsys, tiny_shapes_folder, extra, message):
+    out = tmp_path / "pareto"
+    args = ["--quiet", "eval", "--pareto", "image", "--model", str(tiny_shapes_folder), "--out", str(out), *extra]
+    if "--quality" not in extra:
+        args += ["--quality", str(tiny_shapes_folder), "--diversity", str(tiny_shapes_folder)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
