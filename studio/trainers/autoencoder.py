@@ -38,10 +38,9 @@ class AutoencoderConfig(TrainerConfig):
         layers_per_block: ResNet blocks per level.
         kl_weight: weight of the KL term against the per-pixel L1 reconstruction loss (small, as in SD's
             VAE: it only keeps the latent's scale in check, and ``scaling_factor`` normalises it).
-        sample_posterior: decode a posterior sample rather than its mean. Off by default: at init the
-            posterior's std is 1 against a mean of std ~2, and the decoder learned to paint the average
-            colour of a blurry blob (held-out colour 0.125 = chance at step 500); the diffusion model
-            only ever sees the mean.
+        sample_posterior: decode a posterior sample rather than its mean. Off by default: the diffusion
+            model only ever sees the mean, and a sample (std 1 at init against a latent std of ~2) gives
+            the decoder noisier inputs to learn from.
         eval_samples: held-out images for the reconstruction metrics and the scaling factor.
     """
 

@@ -254,7 +254,7 @@ def model_card(config: PretrainConfig, metrics: dict[str, float], params: int, c
     """The README of an exported base model: architecture, the command that made it, steps and wall time."""
     cfg = config
     if cfg.world == "shapes" and cfg.vae is not None:
-        space = "the 8x8x4 latents of a small AutoencoderKL trained on the world (`mixstudio train vae-shapes`)"
+        space = f"the latents of the AutoencoderKL `{cfg.vae}` (`mixstudio train vae-shapes`)"
     elif cfg.world == "shapes":
         space = "32x32 RGB pixels"
     else:
