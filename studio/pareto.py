@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder
+from studio.generate import GenerateRequest, eval_prompt_texts
 from studio.io import atomic_dir, atomic_write_text, check_output_dir, write_png
-from studio.judges.evaluate import evaluate_folder, write_report
 from studio.plots import tradeoff_plot
+from studio.sweep import generate_and_score
 
 DEFAULT_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 DEFAULT_LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -151,12 +150,7 @@ def pareto_eval(
 
         def score(method: str, setting: str, model: str, guidance: float, folder: str) -> None:
             request = dataclasses.replace(template, prompts=prompts, model=model, guidance=guidance, out=tmp / folder)
-            start = time.perf_counter()
-            generate_to_folder(request, progress=progress)
-            seconds = (time.perf_counter() - start) / (len(prompts) * per_prompt)
-            judged = {role: evaluate_folder(request.out, role=role) for role in ("eval", "reward")}
-            write_report(judged["eval"], request.out / "eval.json")
-            write_report(judged["reward"], request.out / "eval-reward.json")
+            judged, seconds = generate_and_score(request, ("eval", "reward"), progress)
             points.append(
                 ParetoPoint(
                     method=method,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder
 from studio.io import atomic_dir, atomic_write_text, check_output_dir, write_png
-from studio.judges.evaluate import evaluate_folder, write_report
+from studio.judges.evaluate import EvalReport, evaluate_folder, write_report
 from studio.models.zoo import Role
 from studio.plots import tradeoff_plot
 
@@ -63,6 +63,23 @@ class SweepReport:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def generate_and_score(
+    request: GenerateRequest, roles: tuple[Role, ...] = ("eval",), progress: bool = True
+) -> tuple[dict[str, EvalReport], float]:
+    """Generate ``request``'s folder and score it with each judge role; also the wall seconds per sample.
+
+    The first role's report is written to ``eval.json`` (what ``mixstudio eval`` writes), others to
+    ``eval-<role>.json``.
+    """
+    start = time.perf_counter()
+    generate_to_folder(request, progress=progress)
+    seconds = (time.perf_counter() - start) / (len(request.prompts) * request.n)
+    reports = {role: evaluate_folder(request.out, role=role) for role in roles}
+    for i, role in enumerate(roles):
+        write_report(reports[role], request.out / ("eval.json" if i == 0 else f"eval-{role}.json"))
+    return reports, seconds
 
 
 def guidance_sweep(
@@ -124,11 +141,8 @@ def guidance_sweep(
     with atomic_dir(out) as tmp:
         for request in requests:
             request = dataclasses.replace(request, prompts=prompts, out=tmp / request.out.name)
-            start = time.perf_counter()
-            generate_to_folder(request, progress=progress)
-            seconds = (time.perf_counter() - start) / (len(prompts) * per_prompt)
-            report = evaluate_folder(request.out, role=judge)
-            write_report(report, request.out / "eval.json")
+            reports, seconds = generate_and_score(request, (judge,), progress)
+            report = reports[judge]
             points.append(
                 SweepPoint(
                     guidance=request.guidance,
