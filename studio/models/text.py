@@ -58,8 +58,9 @@ def text_hidden_states(text_encoder: PreTrainedModel, ids: torch.Tensor, mask: t
     """``(B, L, D)`` hidden states of token ids; with a mask, padding positions are zeros.
 
     A masked encoder runs only up to the batch's longest prompt and the rest is zero-filled: real tokens'
-    states do not depend on the padding after them, so a prompt gets the same states in any batch, and
-    world captions (~16 of 48 tokens) encode ~3x faster. CLIP (no mask) runs on the full padded length.
+    states do not depend on the padding after them, so a prompt gets the same states (up to float rounding)
+    in any batch, and world captions (~16 of 48 tokens) cost a third of the tokens. CLIP (no mask) runs on
+    the full padded length.
     """
     if mask is None:
         return text_encoder(ids)[0]
