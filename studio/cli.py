@@ -130,7 +130,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder
 
     modality = "image" if args.modality == "image" else "audio"
-    model = args.model or ("shapes" if modality == "image" else "synth")
+    model = args.model or default_model(modality)
     if args.prompt_set == "eval":
         if args.prompt is not None:
             raise ValueError("give either PROMPT or --prompt-set eval, not both")
@@ -175,6 +175,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_model(modality: str) -> str:
+    """The embedded base model of a modality (``image`` or ``audio``)."""
+    return "shapes" if modality == "image" else "synth"
+
+
 def cmd_pareto(args: argparse.Namespace) -> int:
     from studio.pareto import DEFAULT_LAMBDAS, DEFAULT_SCALES, pareto_eval
 
@@ -188,7 +193,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         students[label] = model
     modality = "image" if args.pareto == "image" else "audio"
     report = pareto_eval(
-        args.model or ("shapes" if modality == "image" else "synth"),
+        args.model or default_model(modality),
         modality,
         out=args.out,
         students=students,
@@ -210,7 +215,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     modality = "image" if args.modality == "image" else "audio"
     report = guidance_sweep(
-        args.model or ("shapes" if modality == "image" else "synth"),
+        args.model or default_model(modality),
         modality,
         args.guidance,
         out=args.out,

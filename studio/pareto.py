@@ -22,7 +22,7 @@ from pathlib import Path
 from studio.generate import GenerateRequest, eval_prompt_texts
 from studio.io import atomic_dir, atomic_write_text, check_output_dir, write_png
 from studio.plots import tradeoff_plot
-from studio.sweep import generate_and_score
+from studio.sweep import check_per_prompt, generate_and_score
 
 DEFAULT_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 DEFAULT_LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -124,8 +124,7 @@ def pareto_eval(
     """
     from studio.merging import merge_pipelines
 
-    if per_prompt < 2:
-        raise ValueError(f"-n must be at least 2 for diversity to be defined, got {per_prompt}")
+    check_per_prompt(per_prompt)
     if (quality is None) != (diversity is None):
         raise ValueError("merges need both --quality and --diversity students (or neither)")
     if any(not 0 <= lam <= 1 for lam in lambdas):

@@ -65,6 +65,12 @@ class SweepReport:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
+def check_per_prompt(per_prompt: int) -> None:
+    """Raise ValueError unless there are at least two samples per prompt (diversity compares pairs)."""
+    if per_prompt < 2:
+        raise ValueError(f"-n must be at least 2 for diversity to be defined, got {per_prompt}")
+
+
 def generate_and_score(
     request: GenerateRequest, roles: tuple[Role, ...] = ("eval",), progress: bool = True
 ) -> tuple[dict[str, EvalReport], float]:
@@ -117,8 +123,7 @@ def guidance_sweep(
         raise ValueError("give at least one guidance scale, e.g. --guidance 1 2 4 6")
     if len(set(scales)) != len(scales):
         raise ValueError(f"guidance scales must be distinct, got {scales}")
-    if per_prompt < 2:
-        raise ValueError(f"-n must be at least 2 for diversity to be defined, got {per_prompt}")
+    check_per_prompt(per_prompt)
     out = check_output_dir(out)
     requests = [
         GenerateRequest(
