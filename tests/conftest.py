@@ -18,6 +18,11 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
 
 
 @pytest.fixture(scope="session")
+def byte_tokenizer() -> CLIPTokenizer:
+    return tiny_clip_tokenizer()
+
+
+@pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory):
     """A standard Stable Diffusion diffusers folder (UNet + AutoencoderKL + CLIP), randomly initialised."""
     root = tmp_path_factory.mktemp("tiny-sd")
