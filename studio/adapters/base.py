@@ -223,6 +223,8 @@ class AdapterLayer(nn.Module):
         self.adapters = nn.ModuleDict()
         self.scales: dict[str, float] = {}
         self.disabled = False
+        self.weight_path: bool | None = None
+        """Where Linear / 1×1-conv layers apply multiplicative adapters: None picks per call (see ``forward``)."""
         self._merged: list[_Merged] = []
 
     @property
@@ -359,7 +361,8 @@ class AdapterLayer(nn.Module):
         if self.disabled or not active:
             return self.base_layer(x)
         base = self.base_layer
-        if isinstance(base, nn.Linear) or base.kernel_size == (1, 1):
+        pointwise = isinstance(base, nn.Linear) or base.kernel_size == (1, 1)
+        if pointwise and not self._on_weight(x, active):
             out = self._pointwise(x, active)
             if base.bias is None:
                 return out
@@ -367,8 +370,25 @@ class AdapterLayer(nn.Module):
         weight = base.weight.reshape(self.shape.d_out, self.shape.d_in)
         for adapter, scale in active:
             weight = adapter.merge_weight(weight, scale)
+        if isinstance(base, nn.Linear):
+            return F.linear(x, weight, base.bias)
         kernel = weight.reshape(base.weight.shape)
         return F.conv2d(x, kernel, base.bias, base.stride, base.padding, base.dilation)
+
+    def _on_weight(self, x: torch.Tensor, active: list[tuple[Adapter, float]]) -> bool:
+        """Whether a pointwise layer applies its adapters to the weight rather than to the activations.
+
+        Transforming the input rows costs work and saved activations per row; transforming the weight costs
+        them per output feature. So a multiplicative adapter goes on the weight once the batch has more rows
+        than the layer has outputs (every UNet attention projection: thousands of tokens, hundreds of
+        features). Purely additive stacks stay on the activations, where a low-rank delta is cheapest.
+        """
+        if self.weight_path is not None:
+            return self.weight_path
+        if all(adapter.additive for adapter, _ in active):
+            return False
+        rows = x.numel() // (x.shape[-1] if isinstance(self.base_layer, nn.Linear) else x.shape[1])
+        return rows > self.shape.d_out
 
     def _pointwise(self, x: torch.Tensor, active: list[tuple[Adapter, float]]) -> torch.Tensor:
         """``W_k x`` without bias for Linear / 1×1 conv, peeling the last adapter off ``W_k = f_k(W_{k-1})``."""

@@ -118,9 +118,11 @@ def test_parameter_count_matches_closed_form(kit, kind, method):
     assert count == expected_parameter_count(method, kind, shape.d_in, shape.d_out)
 
 
-def test_gradcheck_wrt_adapter_parameters(kit, kind, method):
+@pytest.mark.parametrize("on_weight", [False, True])
+def test_gradcheck_wrt_adapter_parameters(kit, kind, method, on_weight):
     torch.manual_seed(0)
     layer = AdapterLayer(kit.make_layer(kind).double())
+    layer.weight_path = on_weight  # k×k convs always transform the weight
     adapter = layer.add_adapter("a", kit.CONFIGS[method], generator=torch.Generator().manual_seed(0))
     kit.randomize(adapter)
     layer.set_scale("a", 0.8)
@@ -134,6 +136,32 @@ def test_gradcheck_wrt_adapter_parameters(kit, kind, method):
     # fast_mode checks a random projection of the Jacobian (one vector-Jacobian product per input), which still
     # fails on a wrong gradient and keeps the 27 checks under a few seconds.
     assert torch.autograd.gradcheck(forward, params, eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1x1"])
+def test_weight_and_activation_paths_agree_in_value_and_gradient(kit, kind, method):
+    layer, adapter = wrap(kit, kind, method)
+    layer.set_scale("a", 0.8)
+    x = kit.make_input(kind).requires_grad_()
+    results = []
+    for on_weight in (False, True):
+        layer.weight_path = on_weight
+        out = layer(x)
+        results.append((out, torch.autograd.grad(out.square().sum(), [x, *adapter.parameters()])))
+    (out_a, grads_a), (out_w, grads_w) = results
+    assert max_err(out_a, out_w) <= kit.TOL["merge"]
+    for grad_a, grad_w in zip(grads_a, grads_w, strict=True):
+        assert max_err(grad_a, grad_w) <= kit.TOL["merge"] * (1 + grad_a.abs().max().item())
+
+
+def test_multiplicative_adapters_move_to_the_weight_once_rows_outnumber_outputs(kit, method):
+    layer, adapter = wrap(kit, "linear", method)
+    active = [(adapter, 1.0)]
+    few, many = torch.zeros(2, 6, 16), torch.zeros(2, 7, 16)  # 12 and 14 rows against 12 outputs
+    assert not layer._on_weight(few, active)
+    assert layer._on_weight(many, active) == (not adapter.additive)
+    layer.weight_path = False
+    assert not layer._on_weight(many, active)
 
 
 def dense_update(adapter, weight):

@@ -1,0 +1,199 @@
+"""Per-layer forward+backward time and activation memory of every adapter method, against PEFT's version.
+
+Usage: .venv/bin/python benchmarks/bench_adapters.py [--threads 2] [--repeats 5] [--quick] [--json out.json]
+
+One ``nn.Linear(width, width)`` (an SD attention projection) on ``(batch, tokens, width)`` inputs that need a
+gradient, as inside a UNet. For each shape and method: the median wall time of forward + backward (after a
+warm-up), and the bytes autograd saves for the backward pass beyond the layer's own weights (the activation
+memory a method adds; CPU peak-RSS deltas are too noisy to compare). Ratios are measured side by side in one
+process: ours / PEFT for the methods PEFT implements (LoRA, OFT, BOFT, LoKr; DiffuseKronA against PEFT's
+LoKr with a full-rank second factor, the same ΔW = A ⊗ B), and ours / our LoRA for every method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from studio.adapters import (
+    BOFTConfig,
+    DiffuseKronAConfig,
+    ETHERConfig,
+    ETHERPlusConfig,
+    GOFTConfig,
+    LoKrConfig,
+    LoRAConfig,
+    OFTConfig,
+    QGOFTConfig,
+    add_adapter,
+)
+
+
+class Holder(nn.Module):
+    """One target layer named ``layer`` (both libraries inject by module name)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def ours(config) -> Callable[[int], nn.Module]:
+    def build(width: int) -> nn.Module:
+        model = Holder(width)
+        add_adapter(model, "a", config, targets=["layer"], generator=torch.Generator().manual_seed(0))
+        return model
+
+    return build
+
+
+def peft(make_config: Callable[[int], object]) -> Callable[[int], nn.Module]:
+    def build(width: int) -> nn.Module:
+        from peft import inject_adapter_in_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return inject_adapter_in_model(make_config(width), Holder(width))
+
+    return build
+
+
+def peft_configs():
+    import peft
+    import peft.tuners.boft.layer as boft_layer
+
+    boft_layer.get_fbd_cuda = lambda: None  # never try to compile PEFT's CUDA extension on a CPU machine
+    target = {"target_modules": ["layer"]}
+    return {
+        "lora": lambda d: peft.LoraConfig(r=8, lora_alpha=8, **target),
+        "oft": lambda d: peft.OFTConfig(r=0, oft_block_size=32, use_cayley_neumann=False, **target),
+        "oft-neumann": lambda d: peft.OFTConfig(
+            r=0, oft_block_size=32, use_cayley_neumann=True, num_cayley_neumann_terms=5, **target
+        ),
+        "boft": lambda d: peft.BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=2, **target),
+        "lokr": lambda d: peft.LoKrConfig(r=8, alpha=8, decompose_factor=8, **target),
+        "diffusekrona": lambda d: peft.LoKrConfig(r=d, alpha=d, decompose_factor=8, **target),  # full-rank w2
+    }
+
+
+#: Our methods at SD-like settings; OFT's Neumann variant uses 4 terms after I (PEFT counts I as a term).
+METHODS = {
+    "lora": LoRAConfig(rank=8),
+    "oft": OFTConfig(block_size=32),
+    "oft-neumann": OFTConfig(block_size=32, cayley="neumann", neumann_terms=4),
+    "boft": BOFTConfig(block_size=8, factors=2),
+    "goft": GOFTConfig(),
+    "qgoft": QGOFTConfig(),
+    "ether": ETHERConfig(num_blocks=4),
+    "etherplus": ETHERPlusConfig(num_blocks=4),
+    "diffusekrona": DiffuseKronAConfig(a1=8, a2=8),
+    "lokr": LoKrConfig(rank=8, factor=8),
+}
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    saved_mb: float
+    trainable: int
+
+
+def measure(model: nn.Module, x: torch.Tensor, repeats: int) -> Measurement:
+    """Median forward+backward seconds, MB saved for backward beyond the module's tensors, trainable count."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+
+    def step() -> None:
+        x.grad = None
+        model.zero_grad(set_to_none=True)
+        model(x).backward(grad_out)
+
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in own and storage.data_ptr() != x.untyped_storage().data_ptr():
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()  # warm-up, and the saved-tensor census
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad and p is not model.layer.weight)
+    return Measurement(statistics.median(times), sum(saved.values()) / 2**20, trainable)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--widths", type=int, nargs="+", default=[320, 640, 1280])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--quick", action="store_true", help="one small shape (tokens 1024, width 320)")
+    parser.add_argument("--json", default=None, help="also write every measurement here")
+    args = parser.parse_args()
+    if args.quick:
+        args.tokens, args.widths = [1024], [320]
+    torch.set_num_threads(args.threads)
+    theirs = peft_configs()
+
+    rows = []
+    print(f"threads={args.threads} batch={args.batch} median of {args.repeats}; base = the bare nn.Linear")
+    header = f"{'tokens':>6} {'width':>5} {'method':<13} {'params':>8} {'ms':>8} {'saved MB':>8}"
+    print(f"{header} {'PEFT ms':>8} {'PEFT MB':>8} {'÷PEFT':>6} {'÷LoRA':>6} {'÷base':>6}")
+    for tokens in args.tokens:
+        for width in args.widths:
+            x = torch.randn(args.batch, tokens, width, generator=torch.Generator().manual_seed(0)).requires_grad_()
+            base = Holder(width)
+            base_time = measure(base, x, args.repeats).seconds
+            results: dict[str, tuple[Measurement, Measurement | None]] = {}
+            for name in ["lora", *[m for m in args.methods if m != "lora"]]:
+                mine = measure(ours(METHODS[name])(width), x, args.repeats)
+                other = measure(peft(theirs[name])(width), x, args.repeats) if name in theirs else None
+                results[name] = (mine, other)
+                lora = results["lora"][0].seconds
+                vs_peft = f"{mine.seconds / other.seconds:6.2f}" if other else f"{'-':>6}"
+                peft_cols = f"{other.seconds * 1e3:8.1f} {other.saved_mb:8.1f}" if other else f"{'-':>8} {'-':>8}"
+                print(
+                    f"{tokens:>6} {width:>5} {name:<13} {mine.trainable:>8} {mine.seconds * 1e3:8.1f} "
+                    f"{mine.saved_mb:8.1f} {peft_cols} {vs_peft} {mine.seconds / lora:6.2f} "
+                    f"{mine.seconds / base_time:6.2f}",
+                    flush=True,
+                )
+                rows.append(
+                    {
+                        "tokens": tokens,
+                        "width": width,
+                        "method": name,
+                        "params": mine.trainable,
+                        "seconds": mine.seconds,
+                        "saved_mb": mine.saved_mb,
+                        "peft_params": other.trainable if other else None,
+                        "peft_seconds": other.seconds if other else None,
+                        "peft_saved_mb": other.saved_mb if other else None,
+                        "base_seconds": base_time,
+                    }
+                )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
