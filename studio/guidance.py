@@ -40,6 +40,24 @@ def cfg_combine(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float 
     return uncond + guidance_scale * (cond - uncond)
 
 
+def guidance_embedding(guidance_scale: float | torch.Tensor, dim: int, batch: int = 1) -> torch.Tensor:
+    """Sinusoidal features ``(B, dim)`` of guidance scales: a guidance-conditioned UNet's ``timestep_cond``.
+
+    The scale enters as ``1000·(w − 1)`` (0 without guidance; a unit of ``w`` spans as many periods as a
+    thousand timesteps do), with the timestep embedding's frequencies.
+
+    Args:
+        guidance_scale: one scale, or a ``(B,)`` tensor of per-sample scales.
+        dim: the UNet's ``time_cond_proj_dim`` (even).
+        batch: rows to return for a single scale.
+    """
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    w = torch.as_tensor(guidance_scale, dtype=torch.float32).reshape(-1)
+    w = w.expand(batch) if w.numel() == 1 else w
+    return get_timestep_embedding(1000.0 * (w - 1.0), dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+
+
 def split_guided(prediction: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """Combine a batched ``[uncond; cond]`` prediction ``(2B, ...)`` into the guided one ``(B, ...)``."""
     uncond, cond = prediction.chunk(2)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 
 from diffusers import UNet2DConditionModel
+from torch import nn
+
+#: Width of the guidance embedding a guidance-conditioned student reads (``time_cond_proj_dim``).
+GUIDANCE_EMBED_DIM = 64
 
 
 def norm_groups(channels: tuple[int, ...], min_group_channels: int = 4) -> int:
@@ -70,3 +74,22 @@ def build_unet(
         addition_embed_type="text" if pooled_text else None,
         addition_embed_type_num_heads=8,
     )
+
+
+def with_guidance_input(unet: UNet2DConditionModel, dim: int = GUIDANCE_EMBED_DIM) -> UNet2DConditionModel:
+    """A copy of ``unet`` that also reads a guidance-scale embedding, and equals ``unet`` until trained.
+
+    diffusers' ``time_cond_proj_dim`` adds ``cond_proj(timestep_cond)`` to the sinusoidal timestep features;
+    the new projection starts at zero, so every other weight carries over and the output is unchanged for
+    any scale. Pipelines see ``time_cond_proj_dim`` in the config and feed the scale instead of running CFG.
+    """
+    if unet.config.time_cond_proj_dim is not None:
+        raise ValueError("this UNet already reads a guidance embedding (time_cond_proj_dim is set)")
+    # private keys out: diffusers' `_use_default_values` would reset time_cond_proj_dim to its default
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    student = UNet2DConditionModel.from_config({**config, "time_cond_proj_dim": dim})
+    missing, unexpected = student.load_state_dict(unet.state_dict(), strict=False)
+    if missing != ["time_embedding.cond_proj.weight"] or unexpected:
+        raise ValueError(f"cannot carry the weights over (missing {missing}, unexpected {unexpected})")
+    nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student.to(device=unet.device, dtype=unet.dtype)

@@ -15,7 +15,7 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from studio.guidance import check_guidance_scale, split_guided, uses_guidance
+from studio.guidance import check_guidance_scale, guidance_embedding, split_guided, uses_guidance
 from studio.models.text import encode_text, load_packaged_text_encoder
 
 #: The one place a sampler name maps to its diffusers scheduler class.
@@ -120,7 +120,7 @@ class StudioDiffusionPipeline(DiffusionPipeline):
         device = self.execution_device
         texts = [p for p in prompts for _ in range(num_per_prompt)]
         embeds, mask = encode_text(self.text_encoder, self.tokenizer, texts, device)
-        if not uses_guidance(guidance_scale):
+        if not self.runs_cfg(guidance_scale):
             return embeds.to(self.unet.dtype), mask
         negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompts)
         neg_texts = [n for n in negatives for _ in range(num_per_prompt)]
@@ -153,12 +153,25 @@ class StudioDiffusionPipeline(DiffusionPipeline):
         mask: torch.Tensor | None,
         guidance_scale: float,
     ) -> torch.Tensor:
-        """The (guided) model prediction at one step; the batch is doubled only when guiding."""
-        guided = uses_guidance(guidance_scale)
+        """The (guided) model prediction at one step; the batch is doubled only when running CFG."""
+        guided = self.runs_cfg(guidance_scale)
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = self.scheduler.scale_model_input(model_input, t)
-        out = self.unet(model_input, t, encoder_hidden_states=embeds, encoder_attention_mask=mask).sample
+        extra = {}
+        if self.guidance_conditioned:
+            dim = self.unet.config.time_cond_proj_dim
+            extra["timestep_cond"] = guidance_embedding(guidance_scale, dim, len(latents)).to(latents)
+        out = self.unet(model_input, t, encoder_hidden_states=embeds, encoder_attention_mask=mask, **extra).sample
         return split_guided(out, guidance_scale) if guided else out
+
+    @property
+    def guidance_conditioned(self) -> bool:
+        """Whether the UNet reads the guidance scale itself (a guidance-conditioned CFG-distilled student)."""
+        return getattr(self.unet.config, "time_cond_proj_dim", None) is not None
+
+    def runs_cfg(self, guidance_scale: float) -> bool:
+        """Whether sampling at ``guidance_scale`` runs the unconditional branch too (2 UNet calls per step)."""
+        return uses_guidance(guidance_scale) and not self.guidance_conditioned
 
     def denoise(
         self,

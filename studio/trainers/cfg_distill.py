@@ -9,6 +9,10 @@ teacher predicts *with* guidance ``w`` at the same state, prompt and timestep::
 student's own unguided DDIM trajectories (a fraction ``on_policy``), the rest from noised world data. So
 the student samples at one UNet call per step instead of two.
 
+A *guidance-conditioned* student (``guidance_conditioned``) also reads ``w`` through a zero-initialised
+embedding (``studio.models.unet.with_guidance_input``); each sample draws ``w ~ U[guidance_min,
+guidance_scale]`` and the target uses that ``w``, so one student serves the whole guidance slider at 1× cost.
+
 A diversity reward keeps the student's outputs varied: two samples of one prompt, ``D = 1 − cos(E(x1), E(x2))``
 with ``E`` the *reward* judge's embedding (the eval judge stays untouched, so reward hacking shows as a gap).
 The objective maximised is ``−L_distil + β·D``, with ``D`` optimised either by backpropagating through the
@@ -32,9 +36,10 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from studio.config import to_dict
-from studio.guidance import cfg_combine, check_guidance_scale
+from studio.guidance import cfg_combine, check_guidance_scale, guidance_embedding
 from studio.io import atomic_dir, atomic_write_text, write_png
 from studio.models.text import encode_text
+from studio.models.unet import with_guidance_input
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler, gaussian_log_prob
 from studio.trainers.base import Trainer, TrainerConfig, sample_generator
@@ -61,6 +66,9 @@ class CFGDistillConfig(TrainerConfig):
         diversity_prompts: prompts per step that get two reward samples each (≥ 2 for REINFORCE's baseline).
         diversity_steps: sampler steps of the reward rollouts.
         backprop_steps: steps that carry gradients: the last ones (backprop) or a random subset (REINFORCE).
+        guidance_conditioned: the student reads ``w`` (one student for every scale in ``[guidance_min,
+            guidance_scale]``); otherwise it learns the single scale ``guidance_scale``.
+        guidance_min: lowest scale a guidance-conditioned student trains on.
         sample_prompts: held-out prompts in the sample grid during training.
         export: also write the student pipeline here (e.g. ``assets/models/shapes-distilled``).
     """
@@ -76,12 +84,17 @@ class CFGDistillConfig(TrainerConfig):
     diversity_prompts: int = 2
     diversity_steps: int = 8
     backprop_steps: int = 2
+    guidance_conditioned: bool = False
+    guidance_min: float = 1.0
     sample_prompts: int = 8
     export: Path | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_guidance_scale(self.guidance_scale)
+        check_guidance_scale(self.guidance_min)
+        if self.guidance_conditioned and self.guidance_min > self.guidance_scale:
+            raise ValueError(f"guidance_min {self.guidance_min} exceeds guidance_scale {self.guidance_scale}")
         self.world = world_of(self.base, self.world)
         if not 0 <= self.on_policy <= 1:
             raise ValueError(f"on_policy must be in [0, 1], got {self.on_policy}")
@@ -109,7 +122,8 @@ class CFGDistillTrainer(Trainer):
         self.world = get_world(cfg.world)
         self.pipe = load_pipeline(cfg.base, self.world.modality)
         self.teacher = self.pipe.unet.eval().requires_grad_(False)
-        self.model = copy.deepcopy(self.teacher).train().requires_grad_(True)
+        student = with_guidance_input(self.teacher) if cfg.guidance_conditioned else copy.deepcopy(self.teacher)
+        self.model = student.train().requires_grad_(True)
         schedule = self.pipe.scheduler.config
         self.prediction_type = schedule.get("prediction_type", "epsilon")
         self.alphas_cumprod = DDPMScheduler.from_config(schedule).alphas_cumprod
@@ -141,23 +155,43 @@ class CFGDistillTrainer(Trainer):
         """World samples in the model's space (pixels, VAE latents or mels)."""
         return self.pipe.encode(torch.stack([to_tensor(s.data) for s in samples]).to(self.accelerator.device))
 
-    def predictor(self, unet, embeds: torch.Tensor, mask: torch.Tensor | None):
+    def predictor(self, unet, embeds: torch.Tensor, mask: torch.Tensor | None, scales: torch.Tensor | None = None):
+        """``(x, t) -> output`` of ``unet`` for these prompts (and, for a guidance-conditioned student, scales)."""
+        extra = {}
+        if scales is not None:
+            extra["timestep_cond"] = guidance_embedding(scales, unet.config.time_cond_proj_dim).to(embeds)
+
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return unet(x, t, encoder_hidden_states=embeds, encoder_attention_mask=mask).sample
+            return unet(x, t, encoder_hidden_states=embeds, encoder_attention_mask=mask, **extra).sample
 
         return predict
 
-    def guided_target(self, x_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor | None):
-        """The teacher's guided output ``f_u + w·(f_c − f_u)`` in one doubled batch."""
+    def student_scales(self, gens: list[torch.Generator]) -> torch.Tensor | None:
+        """Per-sample ``w ~ U[guidance_min, guidance_scale]`` for a guidance-conditioned student, else None."""
+        cfg = self.config
+        if not cfg.guidance_conditioned:
+            return None
+        u = torch.stack([torch.rand((), generator=g) for g in gens])
+        return (cfg.guidance_min + (cfg.guidance_scale - cfg.guidance_min) * u).to(self.accelerator.device)
+
+    def guided_target(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        embeds: torch.Tensor,
+        mask: torch.Tensor | None,
+        scales: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The teacher's guided output ``f_u + w·(f_c − f_u)`` in one doubled batch (``w``: per sample if given)."""
         n = len(x_t)
         null = self.null_embeds.expand(n, -1, -1)
         both_mask = None if mask is None else torch.cat([self.null_mask.expand(n, -1), mask])
         out = self.predictor(self.teacher, torch.cat([null, embeds]), both_mask)(torch.cat([x_t, x_t]), t.repeat(2))
         uncond, cond = out.chunk(2)
-        return cfg_combine(uncond, cond, self.config.guidance_scale)
+        return cfg_combine(uncond, cond, self.config.guidance_scale if scales is None else scales)
 
     @torch.no_grad()
-    def distillation_states(self, samples, gens, embeds, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def distillation_states(self, samples, gens, embeds, mask, scales=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_t, t)`` per sample: a state of the student's own unguided rollout, or noised world data."""
         cfg, device = self.config, self.accelerator.device
         shape = self.sample_shape()
@@ -175,7 +209,7 @@ class CFGDistillTrainer(Trainer):
         if on.any():
             idx = on.nonzero().squeeze(1)
             m = None if mask is None else mask[idx]
-            predict = self.predictor(self.model, embeds[idx], m)
+            predict = self.predictor(self.model, embeds[idx], m, None if scales is None else scales[idx])
             x = noise[idx]
             for i in range(int(k[idx].max())):
                 x, _ = self.rollout.step(predict, x, i)
@@ -183,13 +217,14 @@ class CFGDistillTrainer(Trainer):
                 x_t[idx[done]] = x[done]
         return x_t, t
 
-    def diversity_loss(self, embeds, mask, gens) -> tuple[torch.Tensor, float]:
+    def diversity_loss(self, embeds, mask, gens, scales=None) -> tuple[torch.Tensor, float]:
         """``(loss, mean reward)`` of two student samples per prompt; minimising the loss raises the reward."""
         cfg, device = self.config, self.accelerator.device
         embeds = embeds.repeat_interleave(2, 0)
         mask = None if mask is None else mask.repeat_interleave(2, 0)
+        scales = None if scales is None else scales.repeat_interleave(2, 0)
         x_T = torch.stack([torch.randn(self.sample_shape(), generator=g) for g in gens for _ in range(2)]).to(device)
-        predict = self.predictor(self.model, embeds, mask)
+        predict = self.predictor(self.model, embeds, mask, scales)
         if cfg.diversity_mode == "backprop":
             emb = self.embedder(self.reward_sampler.sample(predict, x_T, grad_steps=cfg.backprop_steps))
             reward = pair_diversity(emb[0::2], emb[1::2])
@@ -230,15 +265,18 @@ class CFGDistillTrainer(Trainer):
         samples = [self.world.sample(sample_seed(cfg.data_seed, i)) for i in indices]
         gens = [sample_generator(cfg.seed, self.step, i) for i in indices]
         embeds, mask = self.encode([s.caption for s in samples])
-        x_t, t = self.distillation_states(samples, gens, embeds, mask)
+        scales = self.student_scales(gens)
+        x_t, t = self.distillation_states(samples, gens, embeds, mask, scales)
         with torch.no_grad():
-            target = self.guided_target(x_t, t, embeds, mask)
-        pred = self.predictor(self.model, embeds, mask)(x_t, t)
+            target = self.guided_target(x_t, t, embeds, mask, scales)
+        pred = self.predictor(self.model, embeds, mask, scales)(x_t, t)
         distill = F.mse_loss(pred.float(), target.float())
         loss, metrics = distill, {"distill": distill.item()}
         if self.embedder is not None:
             p = cfg.diversity_prompts
-            div, reward = self.diversity_loss(embeds[:p], None if mask is None else mask[:p], gens[:p])
+            div, reward = self.diversity_loss(
+                embeds[:p], None if mask is None else mask[:p], gens[:p], None if scales is None else scales[:p]
+            )
             loss = loss + cfg.diversity_weight * div
             metrics["diversity_reward"] = reward
         return loss, metrics
@@ -256,17 +294,22 @@ class CFGDistillTrainer(Trainer):
             student.train()
 
     def evaluate(self) -> dict[str, float]:
-        """Sample held-out prompts *unguided* with the student; grid under ``samples/``; eval-judge adherence."""
+        """Sample held-out prompts with the student (one UNet call per step); grid under ``samples/``; adherence.
+
+        A plain student samples unguided; a guidance-conditioned one at the teacher's ``guidance_scale``.
+        """
         from studio.pipelines.evaluation import sample_prompts
 
-        prompts = self.world.eval_prompts()[: self.config.sample_prompts]
+        cfg = self.config
+        prompts = self.world.eval_prompts()[: cfg.sample_prompts]
+        scale = cfg.guidance_scale if cfg.guidance_conditioned else 1.0
         with self.student_pipeline() as pipe:
             result = sample_prompts(
-                pipe, self.world, prompts, per_prompt=2, guidance_scale=1.0, num_inference_steps=25
+                pipe, self.world, prompts, per_prompt=2, guidance_scale=scale, num_inference_steps=25
             )
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
         write_png(self.out / "samples" / f"step-{self.step:08d}.png", result.grid)
-        logger.info("step %d: unguided eval-judge adherence %.3f", self.step, result.adherence)
+        logger.info("step %d: student eval-judge adherence %.3f at w=%g", self.step, result.adherence, scale)
         return {"sample_adherence": result.adherence, "sample_diversity": result.diversity or 0.0}
 
     def export(self, metrics: dict[str, float]) -> Path | None:
@@ -288,16 +331,26 @@ class CFGDistillTrainer(Trainer):
             if cfg.diversity_weight
             else "no diversity reward (β = 0: the quality student)"
         )
+        if cfg.guidance_conditioned:
+            what = (
+                f"Reads the guidance scale w as an input and samples, at one UNet call per step, what `{cfg.base}` "
+                f"samples with classifier-free guidance at that w, for w in [{cfg.guidance_min:g}, "
+                f"{cfg.guidance_scale:g}] (`guidance_scale` sets it)"
+            )
+        else:
+            what = (
+                "Samples without classifier-free guidance (one UNet call per step) what "
+                f"`{cfg.base}` samples with guidance w={cfg.guidance_scale:g}"
+            )
         return f"""# CFG-distilled student of `{cfg.base}`
 
-Samples without classifier-free guidance (one UNet call per step) what `{cfg.base}` samples with guidance
-w={cfg.guidance_scale:g}; {reward}. {cfg.on_policy:.0%} of distillation states on-policy from
+{what}; {reward}. {cfg.on_policy:.0%} of distillation states on-policy from
 {cfg.rollout_steps}-step student rollouts.
 
 - Made by: `{self.command or "mixstudio train cfg-distill-" + str(cfg.world)}`
 - Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}, seed {cfg.seed})
 - Wall time: {metrics["train_minutes"]:.1f} min on {torch.get_num_threads()} CPU threads
-- Unguided eval-judge adherence of the final sample grid ({cfg.sample_prompts} held-out prompts x 2, 25 DDIM
+- Eval-judge adherence of the student's final sample grid ({cfg.sample_prompts} held-out prompts x 2, 25 DDIM
   steps): {metrics.get("sample_adherence", float("nan")):.3f}
 
 See `docs/CFG_DISTILL.md` for the adherence-diversity comparison against the guided teacher.

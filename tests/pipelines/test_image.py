@@ -3,6 +3,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from studio.models.unet import with_guidance_input
 from studio.pipelines import StudioImagePipeline, load_pipeline, make_scheduler
 
 
@@ -70,6 +71,35 @@ def test_latents_callback_and_guidance_cost(tiny_embedded_pipeline):
     out2 = pipe("a red circle", **unguided).images
     torch.testing.assert_close(out1, out2)
     assert out1.min() >= 0 and out1.max() <= 1
+
+
+def test_a_guidance_conditioned_unet_reads_the_scale_in_one_pass_per_step(tiny_embedded_pipeline):
+    teacher = tiny_embedded_pipeline
+    student = StudioImagePipeline(
+        unet=with_guidance_input(teacher.unet),
+        scheduler=teacher.scheduler,
+        text_encoder=teacher.text_encoder,
+        tokenizer=teacher.tokenizer,
+    )
+    latents = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    settings = {"num_images_per_prompt": 2, "num_inference_steps": 3, "latents": latents, "output_type": "pt"}
+
+    def sample(pipe, w):
+        return pipe("a red circle", guidance_scale=w, **settings).images
+
+    batch_sizes = []
+    hook = student.unet.register_forward_pre_hook(lambda m, args: batch_sizes.append(args[0].shape[0]))
+    try:
+        at_init = sample(student, 4.0)
+    finally:
+        hook.remove()
+    assert student.guidance_conditioned and batch_sizes == [2, 2, 2]  # no CFG pass at any scale
+    torch.testing.assert_close(at_init, sample(teacher, 1.0))  # zero-initialised scale input: the teacher, unguided
+    with torch.no_grad():
+        student.unet.time_embedding.cond_proj.weight.normal_(0, 0.5)
+    assert (sample(student, 2.0) - sample(student, 4.0)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="already reads a guidance embedding"):
+        with_guidance_input(student.unet)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from studio.guidance import cfg_combine
+from studio.pipelines import load_pipeline
+from studio.trainers.base import sample_generator
 from studio.trainers.cfg_distill import CFGDistillConfig, CFGDistillTrainer
+from studio.worlds import sample_seed
 
 
 def make_trainer(folder, tmp_path, **overrides) -> CFGDistillTrainer:
@@ -30,9 +33,6 @@ def test_at_init_the_loss_is_the_guidance_gap(tiny_shapes_folder, tmp_path):
     samples = [trainer.world.sample(s) for s in (0,)]  # shape reference only
     assert samples
     # recompute by hand on the same states
-    from studio.trainers.base import sample_generator
-    from studio.worlds import sample_seed
-
     idx = trainer.local_indices(0)
     batch = [trainer.world.sample(sample_seed(trainer.config.data_seed, i)) for i in idx]
     gens = [sample_generator(trainer.config.seed, 0, i) for i in idx]
@@ -76,8 +76,6 @@ def test_diversity_reward_reaches_the_student(tiny_shapes_folder, tmp_path, mode
         backprop_steps=2,
     )
     idx = trainer.local_indices(0)
-    from studio.trainers.base import sample_generator
-
     gens = [sample_generator(0, 0, i) for i in idx[:2]]
     embeds, mask = trainer.encode(["a red circle", "a blue square"])
     loss, reward = trainer.diversity_loss(embeds, mask, gens)
@@ -102,10 +100,54 @@ def test_fit_exports_a_student_pipeline_that_samples_unguided(tiny_shapes_folder
     assert (tmp_path / "run" / "samples" / "step-00000002.png").is_file()
 
 
+def test_guidance_conditioned_student_starts_as_the_teacher_and_learns_per_sample_scales(tiny_shapes_folder, tmp_path):
+    """At init the student ignores w, so L = mean over samples of (w_i − 1)² ‖f_c − f_u‖²_i with w_i ~ U[1, 5]."""
+    trainer = make_trainer(tiny_shapes_folder, tmp_path, guidance_scale=5.0, guidance_conditioned=True, on_policy=0.0)
+    idx = trainer.local_indices(0)
+    batch = [trainer.world.sample(sample_seed(trainer.config.data_seed, i)) for i in idx]
+    gens = [sample_generator(trainer.config.seed, 0, i) for i in idx]
+    embeds, mask = trainer.encode([s.caption for s in batch])
+    scales = trainer.student_scales(gens)
+    assert scales.shape == (4,) and ((scales >= 1) & (scales <= 5)).all() and scales.std() > 0
+    x_t, t = trainer.distillation_states(batch, gens, embeds, mask, scales)
+    with torch.no_grad():
+        cond = trainer.predictor(trainer.teacher, embeds, mask)(x_t, t)
+        null = trainer.null_embeds.expand(len(idx), -1, -1)
+        uncond = trainer.predictor(trainer.teacher, null, trainer.null_mask.expand(len(idx), -1))(x_t, t)
+        student = trainer.predictor(trainer.model, embeds, mask, scales)(x_t, t)
+    torch.testing.assert_close(student, cond, rtol=1e-5, atol=1e-6)  # zero-initialised guidance input
+    gap = ((cond - uncond) ** 2).flatten(1).mean(1)
+    loss, _ = fixed_batch_loss(trainer)
+    torch.testing.assert_close(loss.detach(), ((scales - 1) ** 2 * gap).mean(), rtol=1e-4, atol=1e-7)
+
+    first = loss.item()
+    for _ in range(25):
+        loss, _ = fixed_batch_loss(trainer)
+        loss.backward()
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+    assert trainer.model.time_embedding.cond_proj.weight.abs().max() > 0  # the scale input learnt something
+    assert fixed_batch_loss(trainer)[0].item() < 0.5 * first
+
+
+def test_guidance_conditioned_student_exports_a_pipeline_that_reads_the_scale(tiny_shapes_folder, tmp_path):
+    trainer = CFGDistillTrainer(
+        CFGDistillConfig(
+            base=str(tiny_shapes_folder), world="shapes", out=tmp_path / "run", batch_size=2, max_steps=2,
+            rollout_steps=3, sample_prompts=2, lr=1e-2, guidance_conditioned=True,
+        )
+    )  # fmt: skip
+    trainer.fit()
+    pipe = load_pipeline(tmp_path / "run" / "model")
+    assert pipe.guidance_conditioned and not pipe.runs_cfg(4.0)
+    assert "Reads the guidance scale w" in (tmp_path / "run" / "model" / "README.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"base": "my-model"}, "set world"),
+        ({"guidance_conditioned": True, "guidance_min": 5.0}, "guidance_min 5.0 exceeds"),
         ({"on_policy": 1.5}, "on_policy"),
         ({"guidance_scale": float("inf")}, "guidance"),
         ({"diversity_mode": "reinforce", "diversity_prompts": 1}, "diversity_prompts"),
