@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,6 +76,18 @@ class StudioDiffusionPipeline(DiffusionPipeline):
             encoder, tokenizer = load_packaged_text_encoder(text_encoder_package)
             # the config entries stay (None, None), so save_pretrained skips the shared encoder
             self.text_encoder, self.tokenizer = encoder, tokenizer
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained``, without the ``_name_or_path`` entries that record where the sources
+        were loaded from (a path on the machine that saved them, meaningless and private anywhere else)."""
+        super().save_pretrained(save_directory, **kwargs)
+        for path in Path(save_directory).glob("**/*.json"):
+            try:
+                config = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+                path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @property
     def execution_device(self) -> torch.device:

@@ -39,6 +39,9 @@ def test_embedded_pipeline_round_trips_without_copying_the_text_encoder(tiny_emb
     b = loaded(generator=torch.Generator().manual_seed(1), **kwargs).images
     assert a.shape == (1, 16, 16, 3)
     np.testing.assert_array_equal(a, b)
+    assert str(tmp_path) in loaded.unet.config._name_or_path  # diffusers records where it loaded from ...
+    loaded.save_pretrained(tmp_path / "again")  # ... and a re-save names no path of this machine
+    assert not any("_name_or_path" in p.read_text() for p in (tmp_path / "again").glob("**/*.json"))
 
 
 def test_latents_callback_and_guidance_cost(tiny_embedded_pipeline):
