@@ -127,14 +127,14 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder
+    from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder, model_world
 
     modality = "image" if args.modality == "image" else "audio"
     model = args.model or default_model(modality)
     if args.prompt_set == "eval":
         if args.prompt is not None:
             raise ValueError("give either PROMPT or --prompt-set eval, not both")
-        prompts = eval_prompt_texts(args.world or model)
+        prompts = eval_prompt_texts(args.world or model_world(model, modality))
     else:
         prompts = [args.prompt or ""]
     request = GenerateRequest(

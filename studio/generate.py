@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from studio.io import atomic_dir, check_output_dir, write_png, write_wav
 from studio.manifest import Manifest, ManifestItem, write_manifest
-from studio.models.zoo import EMBEDDED_MODELS
+from studio.models.zoo import EMBEDDED
 from studio.pipelines import load_pipeline
 from studio.pipelines.base import MAX_STEPS, SCHEDULERS
 from studio.pipelines.evaluation import generate_batch
@@ -70,7 +70,7 @@ class GenerateRequest:
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"--scheduler {self.scheduler!r} is unknown; use one of {sorted(SCHEDULERS)}")
         self.model = self.model or DEFAULT_WORLD[self.modality]
-        self.world = self.world or (self.model if self.model in EMBEDDED_MODELS else DEFAULT_WORLD[self.modality])
+        self.world = self.world or model_world(self.model, self.modality)
         check_output_dir(self.out)
 
 
@@ -135,6 +135,11 @@ def write_generated(request: GenerateRequest, world, jobs, samples) -> Path:
             Manifest(world=world.name, modality=world.modality, items=items, meta={"source": "generate", **settings}),
         )
     return request.out
+
+
+def model_world(model: str, modality: str) -> str:
+    """The world whose prompts and judges go with ``model``: an embedded model's own, else the modality's."""
+    return EMBEDDED[model].world if model in EMBEDDED else DEFAULT_WORLD[modality]
 
 
 def eval_prompt_texts(world_name: str) -> list[str]:

@@ -1,17 +1,17 @@
-"""The shipped base models (assets/models): small, carded, and they sample through the public loader."""
+"""The shipped models (assets/models): small, carded, and they sample through the public loader."""
 
 import json
 
 import pytest
 import torch
 
-from studio.models.zoo import EMBEDDED_MODELS, model_dir
+from studio.models.zoo import EMBEDDED, model_dir, slider_pairs
 from studio.pipelines import load_pipeline
 
 MAX_MB = 20
 
 
-@pytest.mark.parametrize("name", sorted(EMBEDDED_MODELS))
+@pytest.mark.parametrize("name", sorted(EMBEDDED))
 def test_embedded_model_is_small_and_its_card_names_the_command_and_the_steps(name):
     folder = model_dir(name)
     size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
@@ -19,7 +19,8 @@ def test_embedded_model_is_small_and_its_card_names_the_command_and_the_steps(na
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt")), "weights must be safetensors"
     card = (folder / "README.md").read_text()
     metrics = json.loads((folder / "train_metrics.json").read_text())
-    assert f"mixstudio train pretrain-{name}" in card and f"Steps: {metrics['steps']}" in card
+    recipe = " ".join(EMBEDDED[name].command.split()[:3])  # `mixstudio train RECIPE`
+    assert recipe in card and f"Steps: {metrics['steps']}" in card
     assert metrics["train_minutes"] <= 65  # the one-hour budget (and its checkpoint/export tail)
 
 
@@ -46,3 +47,17 @@ def test_embedded_model_samples_by_name_reproducibly(name, modality):
     else:
         frames = pipe.unet.config.sample_size[1]
         assert first.shape[0] == 1 and first.shape[-1] == frames * pipe.codec.config.hop_length  # ~2 s
+
+
+def test_every_world_ships_a_quality_diversity_pair_of_its_base_models_architecture():
+    assert set(slider_pairs()) == {"shapes", "synth"}
+    for world, students in slider_pairs().items():
+        base = unet_config(world)
+        for name in students:
+            assert EMBEDDED[name].world == world and EMBEDDED[name].modality == EMBEDDED[world].modality
+            assert unet_config(name) == base
+
+
+def unet_config(name: str) -> dict:
+    config = json.loads((model_dir(name) / "unet" / "config.json").read_text())
+    return {k: v for k, v in config.items() if not k.startswith("_")}

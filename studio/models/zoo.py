@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -33,8 +34,50 @@ def judge_dir(world: str, role: Role) -> Path:
     return path
 
 
-#: Embedded base models: name → (modality, folder under assets/models).
-EMBEDDED_MODELS: dict[str, str] = {"shapes": "image", "synth": "audio"}
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped in ``assets/models/<name>``.
+
+    Attributes:
+        modality: ``image`` or ``audio``.
+        world: the procedural world it was trained on (and whose judges score it).
+        command: the ``mixstudio`` command that makes it.
+        role: ``base``, or ``quality``/``diversity`` for the two unguided CFG-distilled students whose
+            weight-space merge is the quality↔diversity slider.
+    """
+
+    modality: Literal["image", "audio"]
+    world: str
+    command: str
+    role: Literal["base", "quality", "diversity"] = "base"
+
+
+#: Every shipped model by name.
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "shapes": EmbeddedModel("image", "shapes", "mixstudio train pretrain-shapes"),
+    "synth": EmbeddedModel("audio", "synth", "mixstudio train pretrain-synth"),
+    "shapes-quality": EmbeddedModel(
+        "image", "shapes", "mixstudio train cfg-distill-shapes --set export=assets/models/shapes-quality", "quality"
+    ),
+    "shapes-diversity": EmbeddedModel(
+        "image",
+        "shapes",
+        "mixstudio train cfg-distill-shapes --set diversity_weight=1 --set export=assets/models/shapes-diversity",
+        "diversity",
+    ),
+    "synth-quality": EmbeddedModel(
+        "audio", "synth", "mixstudio train cfg-distill-synth --set export=assets/models/synth-quality", "quality"
+    ),
+    "synth-diversity": EmbeddedModel(
+        "audio",
+        "synth",
+        "mixstudio train cfg-distill-synth --set diversity_weight=1 --set export=assets/models/synth-diversity",
+        "diversity",
+    ),
+}
+
+#: name → modality, the view most callers need.
+EMBEDDED_MODELS: dict[str, str] = {name: m.modality for name, m in EMBEDDED.items()}
 
 
 def world_of(base: str, world: str | None) -> str:
@@ -45,9 +88,9 @@ def world_of(base: str, world: str | None) -> str:
     """
     if world is not None:
         return world
-    if base not in EMBEDDED_MODELS:
+    if base not in EMBEDDED:
         raise ValueError(f"base {base!r} is not an embedded model; set world=shapes or world=synth")
-    return base
+    return EMBEDDED[base].world
 
 
 def model_dir(name: str) -> Path:
@@ -56,11 +99,19 @@ def model_dir(name: str) -> Path:
     Raises:
         ValueError: if the name is unknown or the model is not shipped (naming the command that makes it).
     """
-    if name not in EMBEDDED_MODELS:
-        raise ValueError(f"unknown embedded model {name!r}; use one of {sorted(EMBEDDED_MODELS)}")
+    if name not in EMBEDDED:
+        raise ValueError(f"unknown embedded model {name!r}; use one of {sorted(EMBEDDED)}")
     path = assets_dir() / "models" / name
     if not (path / "model_index.json").is_file():
-        raise ValueError(
-            f"embedded model {name!r} is not at {str(path)!r}; make it with `mixstudio train pretrain-{name}`"
-        )
+        raise ValueError(f"embedded model {name!r} is not at {str(path)!r}; make it with `{EMBEDDED[name].command}`")
     return path
+
+
+def slider_pairs() -> dict[str, tuple[str, str]]:
+    """World → (quality student, diversity student) for every world that ships both."""
+    pairs = {}
+    for world in {m.world for m in EMBEDDED.values()}:
+        roles = {m.role: name for name, m in EMBEDDED.items() if m.world == world}
+        if "quality" in roles and "diversity" in roles:
+            pairs[world] = (roles["quality"], roles["diversity"])
+    return dict(sorted(pairs.items()))
