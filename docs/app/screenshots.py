@@ -66,6 +66,16 @@ def set_number(page, elem_id: str, value: float) -> None:
     box.press("Enter")
 
 
+def drag_slider(page, elem_id: str, fraction: float) -> None:
+    """Drag a slider to ``fraction`` of its track with the mouse, so its release event fires."""
+    box = page.locator(f"#{elem_id} input[type=range]").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 2, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * fraction, y, steps=5)
+    page.mouse.up()
+
+
 def shoot(page, out: Path, tab: str) -> None:
     time.sleep(1.0)
     page.screenshot(path=str(out / f"{tab.lower()}.png"), full_page=True)
@@ -88,9 +98,13 @@ def drive(page, out: Path, steps: int, train_overrides: str) -> None:
 
     page.get_by_role("tab", name="Merge").click()
     set_number(page, "merge-steps", steps)
-    set_number(page, "merge-weight-0", 0.7)
-    page.click("#merge-preview-button")
-    page.locator("#merge-mix").filter(has_text="UNet =").wait_for()
+    if page.locator("#qd-lambda").is_visible():  # the shipped students: the quality-diversity slider
+        drag_slider(page, "qd-lambda", 0.5)
+        page.locator("#merge-mix").filter(has_text="shapes-diversity").wait_for()
+    else:
+        set_number(page, "merge-weight-0", 0.7)
+        page.click("#merge-preview-button")
+        page.locator("#merge-mix").filter(has_text="UNet =").wait_for()
     shoot(page, out, "Merge")
 
     page.get_by_role("tab", name="Train").click()

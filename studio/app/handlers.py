@@ -165,6 +165,18 @@ class Handlers:
             guidance=number("guidance", guidance),
             normalize=bool(normalize),
         )
+        return self._preview_outputs(preview)
+
+    @boundary
+    def quality_diversity_preview(self, world, diversity, prompt, seed, steps) -> tuple:
+        """Merge tab: the quality↔diversity slider's preview (same outputs as :meth:`merge_preview`)."""
+        preview = self.studio.quality_diversity_preview(
+            world, number("λ", diversity), prompt=prompt, seed=whole("seed", seed), steps=whole("steps", steps)
+        )
+        return self._preview_outputs(preview)
+
+    @staticmethod
+    def _preview_outputs(preview) -> tuple:
         audio = (preview.sample_rate, preview.audio) if preview.audio is not None else None
         mix = " + ".join(f"{w:.3g}·`{m}`" for m, w in zip(preview.models, preview.weights, strict=True))
         return preview.image, gr.Audio(value=audio, visible=audio is not None), f"UNet = {mix}"

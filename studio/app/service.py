@@ -47,6 +47,7 @@ from studio.app.uploads import MAX_UPLOAD_BYTES, import_pipeline_zip
 from studio.config import apply_overrides
 from studio.generate import GenerateRequest, write_generated
 from studio.merging import LiveMerge
+from studio.models.zoo import slider_pairs
 from studio.pipelines import SCHEDULERS, Modality
 from studio.pipelines.evaluation import generate_batch
 from studio.plots import spectrogram_image
@@ -296,6 +297,36 @@ class Studio:
         rate = pipe.sample_rate
         return MergePreview(
             image=spectrogram_image(sample, rate), audio=sample, sample_rate=rate, models=list(models), weights=used
+        )
+
+    def quality_diversity_pairs(self) -> dict[str, tuple[str, str]]:
+        """World → (quality student, diversity student): the shipped pairs behind the quality↔diversity slider."""
+        shipped = {m.name for m in self.list_models() if m.kind == "embedded"}
+        return {world: pair for world, pair in slider_pairs().items() if set(pair) <= shipped}
+
+    def quality_diversity_preview(
+        self, world: str, diversity: float, *, prompt: str, seed: int = 0, steps: int = 25
+    ) -> MergePreview:
+        """Sample ``(1 − λ)·quality + λ·diversity`` of ``world``'s CFG-distilled students, unguided.
+
+        The students learnt to sample without guidance (one UNet call per step), so the preview uses none.
+
+        Raises:
+            ValueError: for a world without both students, λ outside [0, 1], or bad sampling settings.
+        """
+        pairs = self.quality_diversity_pairs()
+        if world not in pairs:
+            raise ValueError(f"world {world!r} ships no quality/diversity students; pick one of {sorted(pairs)}")
+        if not (isinstance(diversity, (int, float)) and 0 <= diversity <= 1):
+            raise ValueError(f"the diversity weight λ must be between 0 and 1, got {diversity}")
+        return self.merge_preview(
+            list(pairs[world]),
+            [1 - diversity, diversity],
+            prompt=prompt,
+            seed=seed,
+            steps=steps,
+            guidance=1.0,
+            normalize=False,
         )
 
     def save_merge(self, models: list[str], weights: list[float], name: str, *, normalize: bool = True) -> ModelInfo:

@@ -17,6 +17,7 @@ from studio.app.handlers import LOSS_COLUMNS, Handlers
 from studio.app.inputs import MAX_APP_STEPS, MAX_CLIPS, MAX_GUIDANCE, MAX_IMAGES, MAX_MERGE, MAX_PER_PROMPT
 from studio.app.service import Studio
 from studio.app.uploads import MAX_UPLOAD_BYTES
+from studio.models.zoo import EMBEDDED
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +144,25 @@ def _merge_tab(h: Handlers) -> tuple[list[gr.Dropdown], gr.events.Dependency]:
         "Releasing a slider re-merges in memory and samples the fixed prompt and seed."
     )
     choices = h.choices()
+    defaults = [value for _, value in h.choices("image")][:2]  # a mergeable pair: one modality, one family
+    pairs = h.studio.quality_diversity_pairs()
     with gr.Row():
         with gr.Column():
+            with gr.Group(visible=bool(pairs)):
+                gr.Markdown(
+                    "**Quality ↔ diversity.** The two CFG-distilled students of a world (trained with and without "
+                    "a diversity reward) merged as (1 − λ)·quality + λ·diversity, sampled without guidance."
+                )
+                with gr.Row():
+                    world = gr.Dropdown(list(pairs), value=next(iter(pairs), None), label="world", elem_id="qd-world")
+                    diversity = gr.Slider(
+                        0, 1, value=0.0, step=0.05, label="λ: quality → diversity", elem_id="qd-lambda"
+                    )
             count = gr.Radio(list(range(2, MAX_MERGE + 1)), value=2, label="number of models")
             rows, models, weights = [], [], []
             for i in range(MAX_MERGE):
                 with gr.Row(visible=i < 2) as row:
-                    value = choices[i][1] if i < len(choices) else None
+                    value = defaults[i] if i < len(defaults) else None
                     models.append(gr.Dropdown(choices=choices, value=value, label=f"model {i + 1}"))
                     weights.append(
                         gr.Slider(0, 1, value=0.5, step=0.05, label=f"weight {i + 1}", elem_id=f"merge-weight-{i}")
@@ -171,6 +184,14 @@ def _merge_tab(h: Handlers) -> tuple[list[gr.Dropdown], gr.events.Dependency]:
     for slider in weights:
         slider.release(h.merge_preview, inputs, [image, audio, mix], **HEAVY)
     preview_button.click(h.merge_preview, inputs, [image, audio, mix], **HEAVY)
+    diversity.release(
+        h.quality_diversity_preview, [world, diversity, prompt, seed, steps], [image, audio, mix], **HEAVY
+    )
+
+    def world_prompt(name: str) -> str:
+        return DEFAULT_MUSIC_PROMPT if EMBEDDED[pairs[name][0]].modality == "audio" else DEFAULT_PROMPT
+
+    world.change(world_prompt, world, prompt, **LIGHT)
     event = save.click(h.save_merge, [count, normalize, name, *models, *weights], saved, **HEAVY)
     return models, event
 

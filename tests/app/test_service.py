@@ -127,6 +127,28 @@ def test_merge_preview_remerges_in_memory_and_its_endpoints_are_the_sources(stud
     assert raw.weights == pytest.approx([0.6, 0.2]) and loads == []
 
 
+def test_quality_diversity_slider_merges_the_shipped_students_and_samples_unguided(studio, model_store, no_embedded):
+    assert studio.quality_diversity_pairs() == {}  # one student alone makes no slider
+    shutil.copytree(model_store / "a", no_embedded / "models" / "shapes-quality")
+    assert studio.quality_diversity_pairs() == {}
+    shutil.copytree(model_store / "b", no_embedded / "models" / "shapes-diversity")
+    assert studio.quality_diversity_pairs() == {"shapes": ("shapes-quality", "shapes-diversity")}
+    settings = {"prompt": "a red circle", "seed": 3, "steps": 2}
+    ends = [studio.quality_diversity_preview("shapes", lam, **settings) for lam in (0.0, 1.0)]
+    for end, source in zip(ends, ("runs/a", "runs/b"), strict=True):
+        alone = studio.generate_image(source, "a red circle", steps=2, seed=3, guidance=1.0)
+        np.testing.assert_array_equal(end.image, read_image(alone.files[0]))
+    middle = studio.quality_diversity_preview("shapes", 0.3, **settings)
+    assert middle.weights == pytest.approx([0.7, 0.3]) and middle.models == ["shapes-quality", "shapes-diversity"]
+    assert min(np.abs(middle.image.astype(int) - end.image).max() for end in ends) > 0
+    with pytest.raises(ValueError, match=r"between 0 and 1, got 1\.5"):
+        studio.quality_diversity_preview("shapes", 1.5, **settings)
+    with pytest.raises(
+        ValueError, match=r"world 'synth' ships no quality/diversity students; pick one of \['shapes'\]"
+    ):
+        studio.quality_diversity_preview("synth", 0.5, **settings)
+
+
 def test_merge_preview_of_music_gives_a_clip_and_its_spectrogram(studio, model_store):
     shutil.copytree(model_store / "music", studio.runs_dir / "music2")
     preview = studio.merge_preview(["runs/music", "runs/music2"], [0.5, 0.5], prompt="a tune", steps=1)

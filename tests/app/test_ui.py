@@ -1,6 +1,7 @@
 """The Gradio layer: build_ui builds without loading models, and every handler maps values and errors."""
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 import time
@@ -81,6 +82,16 @@ def test_music_handler_shows_one_player_and_spectrogram_per_clip(handlers):
     assert audios[0].value["path"].endswith("0000.wav")
     assert [s.visible for s in spectrograms] == [True, True, False, False]
     assert outputs[-2].endswith("manifest.json") and "2 clip(s)" in outputs[-1]
+
+
+def test_quality_diversity_handler_previews_and_refuses_bad_values(handlers, studio, model_store, no_embedded):
+    for name, source in (("shapes-quality", "a"), ("shapes-diversity", "b")):
+        shutil.copytree(model_store / source, no_embedded / "models" / name)
+    image, audio, mix = handlers.quality_diversity_preview("shapes", 0.25, "a red circle", 0, 2)
+    assert image.shape == (32, 32, 3) and audio.visible is False
+    assert mix == "UNet = 0.75·`shapes-quality` + 0.25·`shapes-diversity`"
+    with pytest.raises(gr.Error, match="between 0 and 1"):
+        handlers.quality_diversity_preview("shapes", 2, "a red circle", 0, 2)
 
 
 def test_merge_handlers_preview_changes_with_the_weight_and_save(handlers, studio):
