@@ -143,6 +143,9 @@ class MultiplicativeAdapter(Adapter):
 
     additive = False
     has_output_map: ClassVar[bool] = False
+    rows_cheaply: ClassVar[bool] = False
+    """Whether ``rotate_input`` costs one small pass per row (block-diagonal, rank-1 blocks): such adapters stay
+    on the activations of a layer whose weight is frozen (see :meth:`AdapterLayer._on_weight`)."""
 
     def rotate_input(self, x: torch.Tensor, scale: float, transpose: bool = False) -> torch.Tensor:
         """``x @ R(s)`` (or ``x @ R(s)ᵀ`` when ``transpose``) for rows ``x`` of shape ``(..., d_in)``.
@@ -378,14 +381,18 @@ class AdapterLayer(nn.Module):
     def _on_weight(self, x: torch.Tensor, active: list[tuple[Adapter, float]]) -> bool:
         """Whether a pointwise layer applies its adapters to the weight rather than to the activations.
 
-        Transforming the input rows costs work and saved activations per row; transforming the weight costs
-        them per output feature. So a multiplicative adapter goes on the weight once the batch has more rows
-        than the layer has outputs (every UNet attention projection: thousands of tokens, hundreds of
-        features). Purely additive stacks stay on the activations, where a low-rank delta is cheapest.
+        On the weight, training pays one extra GEMM per step: the gradient of the transformed weight,
+        ``gᵀx``, which a frozen base weight otherwise never needs. On the activations it pays the transform
+        per row, with tensors saved per pass. One cheap pass per row (OFT's block-diagonal matmul, ETHER's
+        reflections; ``rows_cheaply``) beats the GEMM, so those stay on the activations, as do additive
+        adapters (a low-rank or Kronecker delta). Multi-stage transforms (BOFT's butterflies, GOFT's log-depth
+        Givens stages) go on the weight once the batch has more rows than the layer has outputs: every UNet
+        attention projection, thousands of tokens against hundreds of features (``bench_adapters.py``: GOFT
+        253 → 109 ms at 2048 rows × 320 features, BOFT 193 → 100 ms).
         """
         if self.weight_path is not None:
             return self.weight_path
-        if all(adapter.additive for adapter, _ in active):
+        if all(adapter.additive or adapter.rows_cheaply for adapter, _ in active):
             return False
         rows = x.numel() // (x.shape[-1] if isinstance(self.base_layer, nn.Linear) else x.shape[1])
         return rows > self.shape.d_out

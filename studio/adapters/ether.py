@@ -83,6 +83,8 @@ class ETHERAdapter(MultiplicativeAdapter):
     Parameters: ``d_in`` (``num_blocks`` normals of length ``d_in / num_blocks``).
     """
 
+    rows_cheaply = True
+
     def __init__(self, config: ETHERConfig, shape: LayerShape, *, generator: torch.Generator | None = None) -> None:
         super().__init__(config, shape)
         check_divides("ETHERConfig.num_blocks", config.num_blocks, shape.d_in, "input features")
@@ -101,6 +103,8 @@ class ETHERPlusAdapter(MultiplicativeAdapter):
 
     Parameters: ``2 d_in`` (plus ``2 d_out`` when ``two_sided``). Two-sided: ``W' = H_out(s) · W · H_in(s)``.
     """
+
+    rows_cheaply = True
 
     def __init__(
         self, config: ETHERPlusConfig, shape: LayerShape, *, generator: torch.Generator | None = None

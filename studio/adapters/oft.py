@@ -53,6 +53,8 @@ class OFTAdapter(MultiplicativeAdapter):
     ``q`` of shape ``(r or 1, b(b-1)/2)``: the layout of PEFT's ``oft_R.<name>.weight``.
     """
 
+    rows_cheaply = True
+
     def __init__(self, config: OFTConfig, shape: LayerShape, *, generator: torch.Generator | None = None) -> None:
         super().__init__(config, shape)
         blocks = resolve_blocks("OFTConfig", config.block_size, config.num_blocks, shape.d_in)

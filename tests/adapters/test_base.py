@@ -154,12 +154,12 @@ def test_weight_and_activation_paths_agree_in_value_and_gradient(kit, kind, meth
         assert max_err(grad_a, grad_w) <= kit.TOL["merge"] * (1 + grad_a.abs().max().item())
 
 
-def test_multiplicative_adapters_move_to_the_weight_once_rows_outnumber_outputs(kit, method):
+def test_multi_stage_adapters_move_to_the_weight_once_rows_outnumber_outputs(kit, method):
     layer, adapter = wrap(kit, "linear", method)
     active = [(adapter, 1.0)]
     few, many = torch.zeros(2, 6, 16), torch.zeros(2, 7, 16)  # 12 and 14 rows against 12 outputs
     assert not layer._on_weight(few, active)
-    assert layer._on_weight(many, active) == (not adapter.additive)
+    assert layer._on_weight(many, active) == (not (adapter.additive or adapter.rows_cheaply))
     layer.weight_path = False
     assert not layer._on_weight(many, active)
 
