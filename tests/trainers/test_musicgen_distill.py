@@ -103,6 +103,7 @@ def test_distillation_lowers_the_kl_to_the_guided_teacher_and_trains_only_the_de
     for _ in range(20):
         metrics = trainer.optimizer_step()
     after = fixed_batch_kl(trainer)
+    print(f"KL to the guided teacher: {before:.3f} -> {after:.3f}")
     assert after < 0.5 * before, (before, after)
     assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in teacher.items())
     assert all(torch.equal(v, trainer.model.text_encoder.state_dict()[k]) for k, v in text_encoder.items())
