@@ -26,6 +26,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,8 @@ class CFGDistillConfig(TrainerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_guidance_scale(self.guidance_scale)
-        check_guidance_scale(self.guidance_min)
+        if not (isinstance(self.guidance_min, (int, float)) and 0 <= self.guidance_min < math.inf):
+            raise ValueError(f"guidance_min must be a finite number >= 0, got {self.guidance_min!r}")
         if self.guidance_conditioned and self.guidance_min > self.guidance_scale:
             raise ValueError(f"guidance_min {self.guidance_min} exceeds guidance_scale {self.guidance_scale}")
         self.world = world_of(self.base, self.world)

@@ -148,6 +148,7 @@ def test_guidance_conditioned_student_exports_a_pipeline_that_reads_the_scale(ti
     [
         ({"base": "my-model"}, "set world"),
         ({"guidance_conditioned": True, "guidance_min": 5.0}, "guidance_min 5.0 exceeds"),
+        ({"guidance_min": float("nan")}, "guidance_min must be a finite number"),
         ({"on_policy": 1.5}, "on_policy"),
         ({"guidance_scale": float("inf")}, "guidance"),
         ({"diversity_mode": "reinforce", "diversity_prompts": 1}, "diversity_prompts"),
