@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from studio.io import atomic_dir, atomic_write_text, check_output_dir
-from studio.models.zoo import EMBEDDED_MODELS
+from studio.models.zoo import EMBEDDED
 from studio.pipelines import PIPELINES, Modality, StudioDiffusionPipeline, load_pipeline
 
 #: Components besides the UNet whose configs must agree for a merge to mean anything.
@@ -107,8 +107,8 @@ def _check_same_layout(ref: Mapping[str, torch.Tensor], other: Mapping[str, torc
 
 def pipeline_modality(source: str | Path) -> Modality:
     """The modality of an embedded name or a pipeline folder (``audio`` for music pipelines, else ``image``)."""
-    if str(source) in EMBEDDED_MODELS:
-        return EMBEDDED_MODELS[str(source)]  # type: ignore[return-value]
+    if str(source) in EMBEDDED:
+        return EMBEDDED[str(source)].modality
     index = Path(source) / "model_index.json"
     if index.is_file():
         try:

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from studio.merging import pipeline_modality
-from studio.models.zoo import EMBEDDED_MODELS, model_dir
+from studio.models.zoo import EMBEDDED, model_dir
 from studio.pipelines import SCHEDULERS, Modality, StudioDiffusionPipeline, load_pipeline
 
 
@@ -55,12 +55,12 @@ class ModelCatalog:
     def list(self, modality: Modality | None = None) -> list[ModelInfo]:
         """Embedded models that are present, then the pipeline folders under ``runs_dir``, by name."""
         found = []
-        for name, kind in EMBEDDED_MODELS.items():
+        for name, embedded in EMBEDDED.items():
             try:
                 model_dir(name)
             except ValueError:
                 continue
-            found.append(ModelInfo(name=name, modality=kind, source=name, kind="embedded"))
+            found.append(ModelInfo(name=name, modality=embedded.modality, source=name, kind="embedded"))
         if self.runs_dir.is_dir():
             indexes = [*self.runs_dir.glob("*/model_index.json"), *self.runs_dir.glob("*/*/model_index.json")]
             for index in sorted(indexes):

@@ -76,9 +76,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     ),
 }
 
-#: name → modality, the view most callers need.
-EMBEDDED_MODELS: dict[str, str] = {name: m.modality for name, m in EMBEDDED.items()}
-
 
 def world_of(base: str, world: str | None) -> str:
     """The world a trainer on ``base`` uses: ``world`` if given, else the embedded model's own.

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from studio.models.zoo import EMBEDDED_MODELS, model_dir
+from studio.models.zoo import EMBEDDED, model_dir
 from studio.pipelines.base import SCHEDULERS, StudioDiffusionPipeline, make_scheduler
 from studio.pipelines.image import StudioImagePipeline
 from studio.pipelines.music import AudioPipelineOutput, StudioMusicPipeline
@@ -42,7 +42,7 @@ def load_pipeline(
         ValueError: for an unknown embedded name, or a path/hub id that cannot be loaded (one line).
     """
     cls = pipeline_class(modality)
-    source = str(model_dir(str(model)) if str(model) in EMBEDDED_MODELS else model)
+    source = str(model_dir(str(model)) if str(model) in EMBEDDED else model)
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         pipe = cls.from_pretrained(source, **kwargs)
@@ -50,7 +50,7 @@ def load_pipeline(
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"cannot load {modality} model {str(model)!r} ({first}); pass an embedded name "
-            f"({', '.join(sorted(EMBEDDED_MODELS))}), a diffusers pipeline folder, or a cached hub id"
+            f"({', '.join(sorted(EMBEDDED))}), a diffusers pipeline folder, or a cached hub id"
         ) from None
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
