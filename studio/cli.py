@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="draw this many samples per held-out eval prompt (for diversity) instead of random captions",
     )
+    world.add_argument(
+        "--concept",
+        action="store_true",
+        help="shapes only: render the personalisation concept (an orange crescent the world never shows) instead",
+    )
     world.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
 
     ev = sub.add_parser(
@@ -119,10 +124,29 @@ def cmd_world(args: argparse.Namespace) -> int:
 
     world = get_world(args.name)
     check_output_dir(args.out)
+    if args.concept:
+        return write_concept(args)
     samples = draw_samples(world, args.n, args.seed, args.per_prompt)
     meta = {"source": "world", "seed": args.seed, "per_prompt": args.per_prompt}
     out = export_samples(world, samples, args.out, meta)
     print(f"wrote {len(samples)} {world.name} samples, grid.png and manifest.json to {out}")
+    return 0
+
+
+def write_concept(args: argparse.Namespace) -> int:
+    from studio.io import atomic_dir, write_png
+    from studio.worlds.concept import render_concept
+
+    if args.name != "shapes" or args.per_prompt is not None:
+        raise ValueError("--concept renders a shapes concept: `mixstudio world shapes --concept` (no --per-prompt)")
+    images = render_concept(args.n, args.seed)
+    with atomic_dir(args.out) as tmp:
+        for i, image in enumerate(images):
+            write_png(tmp / f"concept-{i:02d}.png", image)
+    print(
+        f"wrote {len(images)} concept images to {args.out}; teach them with "
+        f"`mixstudio train finetune --set data.dir={args.out}`"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ bad input leaves either the old file or the new one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -85,10 +86,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    """Save an ``(H, W, 3)`` uint8 image as PNG."""
+    """Save an ``(H, W, 3)`` uint8 image as PNG (atomically: a crash leaves no half-written file)."""
     from PIL import Image
 
-    Image.fromarray(image, mode="RGB").save(path, format="PNG")
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
@@ -123,10 +126,12 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Save a mono float waveform ``(T,)`` in [-1, 1] as 16-bit PCM WAV."""
+    """Save a mono float waveform ``(T,)`` in [-1, 1] as 16-bit PCM WAV (atomically)."""
     import soundfile as sf
 
-    sf.write(path, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

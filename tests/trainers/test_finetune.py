@@ -63,6 +63,23 @@ def test_only_adapter_parameters_train_and_the_loss_falls(tiny_shapes_folder, co
     assert all(p.requires_grad for p in trained) and not any("base_layer" in k for k in state)
 
 
+def test_a_shared_class_folder_keeps_its_files_and_is_only_topped_up(tiny_shapes_folder, concept_dir, tmp_path):
+    shared = tmp_path / "classes"
+    shared.mkdir()
+    mine = np.full((32, 32, 3), 7, np.uint8)
+    write_png(shared / "mine.png", mine)  # a user's own class image: used, never overwritten
+    first = FinetuneTrainer(config(tiny_shapes_folder, concept_dir, tmp_path, class_dir=str(shared)))
+    first.setup()
+    assert sorted(p.name for p in shared.iterdir()) == ["class-0001.png", "class-0002.png", "mine.png"]
+    assert np.array_equal(read_image(shared / "mine.png"), mine)
+    assert not (tmp_path / "run" / "class_samples").exists()
+    stamp = {p.name: p.stat().st_mtime_ns for p in shared.iterdir()}
+    second = FinetuneTrainer(config(tiny_shapes_folder, concept_dir, tmp_path / "b", class_dir=str(shared)))
+    second.setup()  # a second run of the same class prompt generates nothing
+    assert {p.name: p.stat().st_mtime_ns for p in shared.iterdir()} == stamp
+    assert torch.equal(first.classes, second.classes)
+
+
 def test_resume_is_exact_and_checkpoints_hold_only_the_adapter(tiny_shapes_folder, concept_dir, tmp_path):
     """2 steps + save + load + 1 step equals 3 uninterrupted steps (same schedule: max_steps is the same)."""
 
