@@ -1,4 +1,4 @@
-"""Weight-space merging of whole models: affine combinations of same-architecture UNets.
+"""Weight-space merging of whole models (affine combinations of same-architecture UNets) and of adapters.
 
 ``merge_state_dicts`` computes ``θ = Σ_i w_i θ_i`` key by key (Wortsman et al. 2022, "Model soups",
 Eq. 1 with free weights); ``merge_pipelines`` and ``interpolate`` apply it to the UNets of saved
@@ -8,14 +8,22 @@ milliseconds without touching the disk.
 Worked example: ``interpolate("runs/a", "runs/b", alpha=0.25)`` returns a pipeline whose UNet holds
 ``0.75·θ_a + 0.25·θ_b``; every other component (scheduler, VAE, codec, text encoder) is the first
 source's, and their configs must match across sources.
+
+Adapters of one base model merge by strength: :func:`applied_adapters` puts them on a UNet together, adapter
+``i`` at strength ``w_i``. Additive adapters (LoRA, DiffuseKronA, LoKr) then give exactly
+``W + Σ w_i ΔW_i``, the weight-space combination of the adapted models when ``Σ w_i = 1``; orthogonal
+ones compose as ``W·R_1(w_1)ᵀ·R_2(w_2)ᵀ⋯``, each ``R_i(w)`` a rotation (or reflection) for every ``w``,
+so the merge stays on the group instead of averaging rotations into a non-orthogonal matrix.
+:func:`adapted_pipeline` bakes such a merge into a UNet that saves like any model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -257,6 +265,65 @@ class LiveMerge:
             record = {"sources": self.names, "weights": self.weights, "rule": "sum_i weights[i] * unet_i"}
             atomic_write_text(tmp / "merge.json", json.dumps(record, indent=2) + "\n")
         return out
+
+
+@contextlib.contextmanager
+def applied_adapters(unet: torch.nn.Module, adapters: Sequence[tuple[str | Path, float]]) -> Iterator[list[str]]:
+    """Context: the adapter files on ``unet``, file ``i`` at strength ``w_i``; removed again on exit.
+
+    Args:
+        unet: the model (modified inside the context only, also when the body raises).
+        adapters: ``(adapter file, strength)`` pairs; an empty list leaves ``unet`` as it is.
+
+    Yields:
+        The adapter names used on ``unet``.
+
+    Raises:
+        ValueError: for a file that does not fit ``unet`` or a non-finite strength (nothing stays applied).
+    """
+    from studio.adapters import delete_adapter
+
+    names = _load_adapters(unet, adapters)
+    try:
+        yield names
+    finally:
+        for name in reversed(names):
+            delete_adapter(unet, name)
+
+
+def adapted_pipeline(
+    pipeline: StudioDiffusionPipeline, adapters: Sequence[tuple[str | Path, float]]
+) -> StudioDiffusionPipeline:
+    """A copy of ``pipeline`` whose UNet holds the adapters (at their strengths) merged into plain weights.
+
+    ``pipeline`` is not modified; the copy saves with ``save_pretrained`` like any model.
+    """
+    from studio.adapters import bake_adapters
+
+    pipe = _fresh_pipeline(pipeline)
+    _load_adapters(pipe.unet, adapters)
+    bake_adapters(pipe.unet)
+    return pipe
+
+
+def _load_adapters(unet: torch.nn.Module, adapters: Sequence[tuple[str | Path, float]]) -> list[str]:
+    """Load each file as adapter ``merge-<i>`` at its strength; on any error remove those loaded and re-raise."""
+    from studio.adapters import delete_adapter, load_adapter, set_adapter_scale
+
+    names: list[str] = []
+    try:
+        for i, (path, strength) in enumerate(adapters):
+            if not math.isfinite(strength):
+                raise ValueError(f"adapter strength must be a finite number, got {strength} for {Path(path).name!r}")
+            name = f"merge-{i}"
+            load_adapter(unet, path, name=name)
+            names.append(name)
+            set_adapter_scale(unet, name, float(strength))
+    except BaseException:
+        for name in reversed(names):
+            delete_adapter(unet, name)
+        raise
+    return names
 
 
 def _fresh_pipeline(template: StudioDiffusionPipeline) -> StudioDiffusionPipeline:

@@ -182,6 +182,22 @@ def delete_adapter(model: nn.Module, name: str) -> None:
             _unwrap(model, module_name)
 
 
+def bake_adapters(model: nn.Module) -> list[str]:
+    """Merge every adapter (each at its strength, in order) into the base weights and unwrap every adapter layer.
+
+    Unlike :func:`merge_adapters` this cannot be undone: the model is left with plain ``nn.Linear`` /
+    ``nn.Conv2d`` layers whose weights hold the adapters, ready for ``save_pretrained``.
+
+    Returns:
+        The names of the layers that were unwrapped.
+    """
+    layers = adapter_layers(model)
+    for module_name, layer in layers.items():
+        layer.merge()
+        _unwrap(model, module_name)
+    return list(layers)
+
+
 def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """Adapter ``name``'s tensors keyed ``"<layer name>.<param name>"``, e.g. ``"attn.to_q.A"`` (detached)."""
     return {

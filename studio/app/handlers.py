@@ -22,6 +22,7 @@ from studio.app.service import Studio
 from studio.app.training import TrainingStatus
 
 LOSS_COLUMNS = ["step", "loss"]
+NO_ADAPTER = ""
 #: Gradio swaps a ``gr.Progress`` default for a per-event tracker; one shared default instance is enough.
 PROGRESS = gr.Progress()
 TQDM_PROGRESS = gr.Progress(track_tqdm=True)
@@ -72,15 +73,30 @@ class Handlers:
 
     # ---- models ----------------------------------------------------------------------------------
     def choices(self, modality: str | None = None) -> list[tuple[str, str]]:
-        """Dropdown choices ``(label, name)`` of the listed models."""
+        """Dropdown choices ``(label, name)`` of the listed models; ``modality="merge"``: models, then adapters."""
         label = {"image": "image", "audio": "music"}
-        return [(f"{m.name} · {label[m.modality]}", m.name) for m in self.studio.list_models(modality)]
+        models = self.studio.list_models(None if modality == "merge" else modality)
+        choices = [(f"{m.name} · {label[m.modality]}", m.name) for m in models]
+        if modality == "merge":
+            choices += [(f"{a.name} · {a.method} adapter of {a.base}", a.name) for a in self.studio.list_adapters()]
+        return choices
 
     def dropdown(self, current: str | None, modality: str | None = None) -> gr.Dropdown:
         """A dropdown update with fresh choices, keeping ``current`` when it is still listed."""
         choices = self.choices(modality)
         names = [value for _, value in choices]
         value = current if current in names else (names[0] if names else None)
+        return gr.Dropdown(choices=choices, value=value)
+
+    def adapter_choices(self, model: str | None) -> list[tuple[str, str]]:
+        """Adapter picker choices for ``model``: ``none`` first, then its adapters under ``runs/``."""
+        adapters = self.studio.list_adapters(model) if model else []
+        return [("none", NO_ADAPTER)] + [(f"{a.name} · {a.method}", a.name) for a in adapters]
+
+    def adapter_dropdown(self, model: str | None, current: str | None = NO_ADAPTER) -> gr.Dropdown:
+        """The adapter picker for ``model``, keeping ``current`` when it still applies."""
+        choices = self.adapter_choices(model)
+        value = current if current in [v for _, v in choices] else NO_ADAPTER
         return gr.Dropdown(choices=choices, value=value)
 
     def models_table(self) -> pd.DataFrame:
@@ -99,8 +115,9 @@ class Handlers:
     # ---- image and music -------------------------------------------------------------------------
     @boundary
     def generate_image(
-        self, model, prompt, negative, steps, guidance, seed, count, scheduler, progress=PROGRESS
-    ) -> tuple[list[tuple[str, str]], str, str]:
+        self, model, prompt, negative, steps, guidance, seed, count, scheduler, adapter=NO_ADAPTER, strength=1.0,
+        progress=PROGRESS,
+    ) -> tuple[list[tuple[str, str]], str, str]:  # fmt: skip
         """Image tab: returns gallery items, the manifest path and a status line."""
         result = self.studio.generate_image(
             model,
@@ -111,6 +128,8 @@ class Handlers:
             seed=whole("seed", seed),
             count=whole("count", count),
             scheduler=None if scheduler in (None, "", "saved") else scheduler,
+            adapter=adapter or None,
+            adapter_scale=number("adapter strength", strength),
             progress=lambda f, desc: progress(f, desc=desc),
         )
         seed0 = whole("seed", seed)
@@ -119,8 +138,9 @@ class Handlers:
 
     @boundary
     def generate_music(
-        self, model, prompt, negative, steps, guidance, seed, count, length, scheduler, progress=PROGRESS
-    ) -> list:
+        self, model, prompt, negative, steps, guidance, seed, count, length, scheduler, adapter=NO_ADAPTER,
+        strength=1.0, progress=PROGRESS,
+    ) -> list:  # fmt: skip
         """Music tab: returns ``MAX_CLIPS`` audio players, ``MAX_CLIPS`` spectrograms, the manifest, a status line."""
         result = self.studio.generate_music(
             model,
@@ -132,6 +152,8 @@ class Handlers:
             count=whole("count", count),
             length_s=None if not length else number("length", length),
             scheduler=None if scheduler in (None, "", "saved") else scheduler,
+            adapter=adapter or None,
+            adapter_scale=number("adapter strength", strength),
             progress=lambda f, desc: progress(f, desc=desc),
         )
         n = len(result.files)
@@ -179,7 +201,8 @@ class Handlers:
     def _preview_outputs(preview) -> tuple:
         audio = (preview.sample_rate, preview.audio) if preview.audio is not None else None
         mix = " + ".join(f"{w:.3g}·`{m}`" for m, w in zip(preview.models, preview.weights, strict=True))
-        return preview.image, gr.Audio(value=audio, visible=audio is not None), f"UNet = {mix}"
+        line = f"`{preview.base}` with adapters {mix}" if preview.base else f"UNet = {mix}"
+        return preview.image, gr.Audio(value=audio, visible=audio is not None), line
 
     @boundary
     def save_merge(self, count, normalize, name, *rows) -> str:

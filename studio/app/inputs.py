@@ -17,6 +17,7 @@ MAX_GUIDANCE = 30.0
 MAX_PROMPT_CHARS = 500
 MAX_SCALES = 8
 MAX_PER_PROMPT = 8
+MAX_ADAPTER_SCALE = 3.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -75,6 +76,14 @@ def check_sampling(steps: int, guidance: float, seed: int) -> None:
     check_int("seed", seed, 0, 2**32 - 1)
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= MAX_GUIDANCE:
         raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g} (1 = no guidance), got {guidance!r}")
+
+
+def check_adapter_scale(scale: float) -> None:
+    """An adapter strength: a finite number with ``|scale| <= MAX_ADAPTER_SCALE`` (negative reverses the adapter)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not abs(scale) <= MAX_ADAPTER_SCALE:
+        raise ValueError(
+            f"adapter strength must be a number from {-MAX_ADAPTER_SCALE:g} to {MAX_ADAPTER_SCALE:g}, got {scale!r}"
+        )
 
 
 def check_scales(values: list[float]) -> list[float]:

@@ -1,6 +1,7 @@
-"""The models the app offers: embedded ones that are present and pipeline folders under its ``runs/``.
+"""The models the app offers (embedded ones that are present, pipeline folders under its ``runs/``) and the
+adapter files found there.
 
-Only listed models ever load (the browser sends a name, never a path), and loaded pipelines are kept
+Only listed models and adapters ever load (the browser sends a name, never a path), and loaded pipelines are kept
 in a small least-recently-used cache keyed by source, sampler and save time, so a re-saved folder is
 reloaded rather than served stale.
 """
@@ -34,6 +35,17 @@ class ModelInfo:
         """The model's ``model_index.json``."""
         folder = Path(self.source) if self.kind == "run" else model_dir(self.source)
         return folder / "model_index.json"
+
+
+@dataclass
+class AdapterInfo:
+    """An adapter file under ``runs/``: ``name`` as shown in pickers, the ``base`` model it applies to."""
+
+    name: str
+    path: Path
+    method: str
+    base: str
+    modality: Modality
 
 
 class ModelCatalog:
@@ -71,6 +83,49 @@ class ModelCatalog:
                 name = "runs/" + index.parent.relative_to(self.runs_dir).as_posix()
                 found.append(ModelInfo(name=name, modality=kind, source=str(index.parent), kind="run"))
         return [m for m in found if modality is None or m.modality == modality]
+
+    def list_adapters(self, base: str | None = None) -> list[AdapterInfo]:
+        """Adapter files (``save_adapter``'s, e.g. ``runs/<run>/adapter.safetensors``) whose base model is listed.
+
+        Files without a studio adapter header, text-encoder adapters and adapters of a base model the app does
+        not list are left out (they could not be applied here).
+
+        Args:
+            base: only the adapters of this listed model.
+        """
+        from studio.adapters import read_adapter_header
+
+        if not self.runs_dir.is_dir():
+            return []
+        models = self.list()
+        found = []
+        files = [*self.runs_dir.glob("*/*.safetensors"), *self.runs_dir.glob("*/*/*.safetensors")]
+        for path in sorted(files):
+            if path.name.endswith(".text_encoder.safetensors"):
+                continue
+            try:
+                header = read_adapter_header(path)
+            except ValueError:  # model weights and foreign files have no adapter header
+                continue
+            model = _model_named(models, header.get("base_model_id"))
+            if model is None or (base is not None and model.name != base):
+                continue
+            name = "runs/" + path.relative_to(self.runs_dir).as_posix()
+            found.append(AdapterInfo(name, path, header["method"], model.name, model.modality))
+        return found
+
+    def resolve_adapter(self, adapter: str) -> AdapterInfo:
+        """The listed adapter called ``adapter``.
+
+        Raises:
+            ValueError: for an unknown name (the message lists the known ones).
+        """
+        adapters = self.list_adapters()
+        info = next((a for a in adapters if a.name == adapter), None)
+        if info is None:
+            names = [a.name for a in adapters]
+            raise ValueError(f"unknown adapter {adapter!r}; pick one of {names} (refresh the lists after training)")
+        return info
 
     def resolve(self, model: str, modality: Modality | None = None) -> ModelInfo:
         """The listed model called ``model``.
@@ -117,3 +172,15 @@ class ModelCatalog:
         """Drop every loaded pipeline."""
         with self._lock:
             self._cache.clear()
+
+
+def _model_named(models: list[ModelInfo], base_model_id: str | None) -> ModelInfo | None:
+    """The listed model an adapter header's base id means: an embedded name or a pipeline folder's path."""
+    if not base_model_id:
+        return None
+    for model in models:
+        if base_model_id in (model.name, model.source):
+            return model
+        if model.kind == "run" and Path(base_model_id).absolute() == Path(model.source).absolute():
+            return model
+    return None

@@ -8,6 +8,7 @@ working folder::
       outputs/image/<stamp>/   0000.png ..., grid.png, manifest.json   (generate_image)
       outputs/music/<stamp>/   0000.wav ..., grid.png, manifest.json   (generate_music)
       runs/<name>/             trained, merged and imported pipelines    (list_models scans here)
+      runs/<name>/*.safetensors  adapters of finetune runs               (list_adapters scans here)
       evals/<stamp>/           guidance sweeps                          (evaluate)
       logs/<name>.log          training process output
 """
@@ -15,6 +16,7 @@ working folder::
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import re
@@ -33,6 +35,7 @@ from studio.app.inputs import (
     MAX_IMAGES,
     MAX_MERGE,
     MAX_PER_PROMPT,
+    check_adapter_scale,
     check_int,
     check_name,
     check_prompt,
@@ -41,12 +44,13 @@ from studio.app.inputs import (
     parse_overrides,
     parse_scales,
 )
-from studio.app.models import ModelCatalog, ModelInfo
+from studio.app.models import AdapterInfo, ModelCatalog, ModelInfo
 from studio.app.training import TrainingJob, TrainingStatus, train_argv
 from studio.app.uploads import MAX_UPLOAD_BYTES, import_pipeline_zip
 from studio.config import apply_overrides
 from studio.generate import GenerateRequest, write_generated
-from studio.merging import LiveMerge
+from studio.io import atomic_dir, atomic_write_text
+from studio.merging import LiveMerge, adapted_pipeline, applied_adapters
 from studio.models.zoo import slider_pairs
 from studio.pipelines import SCHEDULERS, Modality
 from studio.pipelines.evaluation import generate_batch
@@ -88,13 +92,17 @@ class Generation:
 
 @dataclass
 class MergePreview:
-    """One sample of the live merge: ``image`` (for music, the clip's spectrogram) and ``audio`` for music."""
+    """One sample of the live merge: ``image`` (for music, the clip's spectrogram) and ``audio`` for music.
+
+    ``models`` are the merged models, or adapters of the model ``base`` (then ``weights`` are strengths).
+    """
 
     image: np.ndarray
     audio: np.ndarray | None
     sample_rate: int | None
     models: list[str]
     weights: list[float]
+    base: str | None = None
 
 
 @dataclass
@@ -159,6 +167,10 @@ class Studio:
         """Embedded models that are present, then pipeline folders under ``runs/`` (with a ``model_index.json``)."""
         return self.models.list(modality)
 
+    def list_adapters(self, model: str | None = None) -> list[AdapterInfo]:
+        """Adapter files under ``runs/`` whose base model is listed (only those of ``model`` if given)."""
+        return self.models.list_adapters(model)
+
     def resolve(self, model: str, modality: Modality | None = None) -> ModelInfo:
         """The listed model called ``model`` (only listed models load: no arbitrary paths from the browser).
 
@@ -184,16 +196,24 @@ class Studio:
         seed: int = 0,
         count: int = 1,
         scheduler: str | None = None,
+        adapter: str | None = None,
+        adapter_scale: float = 1.0,
         progress: Progress | None = None,
     ) -> Generation:
         """Generate ``count`` images for ``prompt`` into ``outputs/image/<stamp>/`` (sample ``k`` uses ``seed + k``).
 
+        Args:
+            adapter: a listed adapter of ``model`` to sample with (None: the model alone).
+            adapter_scale: its strength; orthogonal adapters stay rotations at every strength.
+
         Raises:
-            ValueError: for an unknown or non-image model, an empty or too long prompt, or settings out of range.
+            ValueError: for an unknown or non-image model, an adapter of another model, an empty or too long
+                prompt, or settings out of range.
         """
         return self._generate(
             "image", model, prompt, count, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
-            seed=seed, scheduler=scheduler, length_s=None, progress=progress,
+            seed=seed, scheduler=scheduler, length_s=None, adapter=adapter, adapter_scale=adapter_scale,
+            progress=progress,
         )  # fmt: skip
 
     def generate_music(
@@ -208,26 +228,33 @@ class Studio:
         count: int = 1,
         length_s: float | None = None,
         scheduler: str | None = None,
+        adapter: str | None = None,
+        adapter_scale: float = 1.0,
         progress: Progress | None = None,
     ) -> Generation:
         """Generate ``count`` clips into ``outputs/music/<stamp>/``, with a spectrogram per clip.
 
         Args:
             length_s: clip length in seconds (None: the model's training length).
+            adapter, adapter_scale: as :meth:`generate_image`.
 
         Raises:
             ValueError: as :meth:`generate_image`, and for a clip length the model cannot make.
         """
         return self._generate(
             "audio", model, prompt, count, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
-            seed=seed, scheduler=scheduler, length_s=length_s, progress=progress,
+            seed=seed, scheduler=scheduler, length_s=length_s, adapter=adapter, adapter_scale=adapter_scale,
+            progress=progress,
         )  # fmt: skip
 
     def _generate(
         self, modality: Modality, model: str, prompt: str, count: int, *, negative_prompt, steps, guidance, seed,
-        scheduler, length_s, progress,
+        scheduler, length_s, adapter, adapter_scale, progress,
     ) -> Generation:  # fmt: skip
         info = self.resolve(model, modality)
+        adapters = [] if not adapter else [(self._adapter_of(adapter, info.name).path, adapter_scale)]
+        if adapters:
+            check_adapter_scale(adapter_scale)
         check_prompt(prompt)
         check_int("count", count, 1, MAX_IMAGES if modality == "image" else MAX_CLIPS)
         check_sampling(steps, guidance, seed)
@@ -245,6 +272,8 @@ class Studio:
             seed=seed,
             scheduler=scheduler or None,
             audio_length_in_s=length_s,
+            adapter=adapters[0][0] if adapters else None,
+            adapter_scale=float(adapter_scale) if adapters else 1.0,
             out=self._new_folder("outputs", "image" if modality == "image" else "music"),
         )
         with self._lock:
@@ -252,7 +281,8 @@ class Studio:
             jobs = [(prompt, seed + k) for k in range(count)]
             kwargs = _sampling_kwargs(steps, guidance, negative, length_s)
             kwargs["callback_on_step_end"] = _ticker(progress, count * steps, f"sampling {count} x {steps} steps")
-            samples = generate_batch(pipe, [prompt] * count, [s for _, s in jobs], **kwargs)
+            with applied_adapters(pipe.unet, adapters):
+                samples = generate_batch(pipe, [prompt] * count, [s for _, s in jobs], **kwargs)
         folder = write_generated(request, get_world(request.world), jobs, samples)
         suffix = ".png" if modality == "image" else ".wav"
         files = [folder / f"{i:04d}{suffix}" for i in range(count)]
@@ -274,30 +304,40 @@ class Studio:
     ) -> MergePreview:
         """Merge the UNets of ``models`` with ``weights`` in memory and sample one fixed-seed preview.
 
-        The sources are loaded once per set of models; moving a weight only re-merges (no disk I/O).
+        The sources are loaded once per set of models; moving a weight only re-merges (no disk I/O). Listed
+        adapters of one base model merge too: each is applied at its weight as strength (see
+        ``studio.merging``: additive adapters sum exactly, orthogonal ones stay rotations).
 
         Args:
-            models: two to ``MAX_MERGE`` listed models of one architecture.
+            models: two to ``MAX_MERGE`` listed models of one architecture, or listed adapters of one model.
             weights: one per model; with ``normalize`` they are divided by their sum (the preview reports the
                 weights used), else used as given (an affine combination, see ``studio.merging``).
             prompt, seed, steps, guidance: the preview's sampling settings.
 
         Raises:
-            ValueError: for fewer than two or repeated models, bad weights, mismatched architectures or
-                sampling settings out of range.
+            ValueError: for fewer than two or repeated models, bad weights, mismatched architectures, models
+                mixed with adapters, adapters of different models, or sampling settings out of range.
         """
         check_prompt(prompt)
         check_sampling(steps, guidance, seed)
+        kwargs = _sampling_kwargs(steps, guidance, None, None)
         with self._lock:
-            live, used = self._live_merge(models, weights, normalize)
-            pipe = live.set_weights(used)
-            sample = generate_batch(pipe, [prompt], [seed], **_sampling_kwargs(steps, guidance, None, None))[0]
+            adapters = self._merged_adapters(models, weights, normalize)
+            if adapters is not None:
+                base, pairs = adapters
+                pipe = self.models.pipeline(base)
+                with applied_adapters(pipe.unet, pairs):
+                    sample = generate_batch(pipe, [prompt], [seed], **kwargs)[0]
+                used = [w for _, w in pairs]
+            else:
+                base, live, used = None, *self._live_merge(models, weights, normalize)
+                pipe = live.set_weights(used)
+                sample = generate_batch(pipe, [prompt], [seed], **kwargs)[0]
+        merged = {"models": list(models), "weights": used, "base": base}
         if sample.ndim == 3:
-            return MergePreview(image=sample, audio=None, sample_rate=None, models=list(models), weights=used)
+            return MergePreview(image=sample, audio=None, sample_rate=None, **merged)
         rate = pipe.sample_rate
-        return MergePreview(
-            image=spectrogram_image(sample, rate), audio=sample, sample_rate=rate, models=list(models), weights=used
-        )
+        return MergePreview(image=spectrogram_image(sample, rate), audio=sample, sample_rate=rate, **merged)
 
     def quality_diversity_pairs(self) -> dict[str, tuple[str, str]]:
         """World → (quality student, diversity student): the shipped pairs behind the quality↔diversity slider."""
@@ -337,26 +377,53 @@ class Studio:
         """
         out = self._new_run_folder(name)
         with self._lock:
-            live, used = self._live_merge(models, weights, normalize)
-            live.set_weights(used)
-            live.save(out)
+            adapters = self._merged_adapters(models, weights, normalize)
+            if adapters is not None:
+                base, pairs = adapters
+                pipe = adapted_pipeline(self.models.pipeline(base), pairs)
+                used = [w for _, w in pairs]
+                record = {"base": base, "adapters": list(models), "strengths": used, "rule": "adapters baked in"}
+                with atomic_dir(out) as tmp:
+                    pipe.save_pretrained(tmp)
+                    atomic_write_text(tmp / "merge.json", json.dumps(record, indent=2) + "\n")
+            else:
+                live, used = self._live_merge(models, weights, normalize)
+                live.set_weights(used)
+                live.save(out)
         logger.info("saved merge of %s with weights %s to %s", models, used, out)
         return self.resolve(f"runs/{name}")
 
+    def _adapter_of(self, adapter: str, model: str) -> AdapterInfo:
+        """The listed adapter ``adapter``, refused unless it was trained on ``model``."""
+        info = self.models.resolve_adapter(adapter)
+        if info.base != model:
+            raise ValueError(f"adapter {adapter!r} was trained on {info.base!r}, not {model!r}; pick that model")
+        return info
+
+    def _merged_adapters(
+        self, items: list[str], weights: list[float], normalize: bool
+    ) -> tuple[str, list[tuple[Path, float]]] | None:
+        """``(base model, [(file, strength)])`` when ``items`` are adapters; None when they are models."""
+        adapters = {a.name: a for a in self.list_adapters()}
+        picked = [adapters.get(item) for item in items]
+        if all(a is None for a in picked):
+            return None
+        used = _merge_weights(items, weights, normalize)
+        if any(a is None for a in picked):
+            model = items[picked.index(None)]
+            raise ValueError(
+                f"{model!r} is a model and the other picks are adapters; merge models with models, or adapters "
+                "of one model with each other"
+            )
+        bases = sorted({a.base for a in picked})
+        if len(bases) > 1:
+            raise ValueError(f"the adapters belong to different models {bases}; pick adapters of one model")
+        for w in used:
+            check_adapter_scale(w)
+        return bases[0], [(a.path, w) for a, w in zip(picked, used, strict=True)]
+
     def _live_merge(self, models: list[str], weights: list[float], normalize: bool) -> tuple[LiveMerge, list[float]]:
-        if not 2 <= len(models) <= MAX_MERGE:
-            raise ValueError(f"pick 2 to {MAX_MERGE} models to merge, got {len(models)}")
-        repeated = sorted({m for m in models if models.count(m) > 1})
-        if repeated:
-            raise ValueError(f"model {repeated[0]!r} is picked twice; pick different models")
-        if len(weights) != len(models) or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
-            raise ValueError(f"give one finite weight per model, got {list(weights)} for {len(models)} models")
-        used = [float(w) for w in weights]
-        if normalize:
-            total = sum(used)
-            if total <= 0:
-                raise ValueError(f"weights {used} sum to {total:g}; raise at least one weight above 0")
-            used = [w / total for w in used]
+        used = _merge_weights(models, weights, normalize)
         infos = [self.resolve(m) for m in models]
         odd = next((i for i in infos if i.modality != infos[0].modality), None)
         if odd is not None:
@@ -476,6 +543,24 @@ class Studio:
         if out.exists():
             raise ValueError(f"runs/{name} already exists; choose another name")
         return out
+
+
+def _merge_weights(items: list[str], weights: list[float], normalize: bool) -> list[float]:
+    """Checked merge weights of 2 to ``MAX_MERGE`` distinct items, divided by their sum when ``normalize``."""
+    if not 2 <= len(items) <= MAX_MERGE:
+        raise ValueError(f"pick 2 to {MAX_MERGE} models to merge, got {len(items)}")
+    repeated = sorted({m for m in items if items.count(m) > 1})
+    if repeated:
+        raise ValueError(f"model {repeated[0]!r} is picked twice; pick different models")
+    if len(weights) != len(items) or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
+        raise ValueError(f"give one finite weight per model, got {list(weights)} for {len(items)} models")
+    used = [float(w) for w in weights]
+    if normalize:
+        total = sum(used)
+        if total <= 0:
+            raise ValueError(f"weights {used} sum to {total:g}; raise at least one weight above 0")
+        used = [w / total for w in used]
+    return used
 
 
 def _sampling_kwargs(steps: int, guidance: float, negative: str | None, length_s: float | None) -> dict:

@@ -14,7 +14,15 @@ from pathlib import Path
 import gradio as gr
 
 from studio.app.handlers import LOSS_COLUMNS, Handlers
-from studio.app.inputs import MAX_APP_STEPS, MAX_CLIPS, MAX_GUIDANCE, MAX_IMAGES, MAX_MERGE, MAX_PER_PROMPT
+from studio.app.inputs import (
+    MAX_ADAPTER_SCALE,
+    MAX_APP_STEPS,
+    MAX_CLIPS,
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_MERGE,
+    MAX_PER_PROMPT,
+)
 from studio.app.service import Studio
 from studio.app.uploads import MAX_UPLOAD_BYTES
 from studio.models.zoo import EMBEDDED
@@ -46,9 +54,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         gr.Markdown("# mixstudio\nGenerate, merge, train and evaluate text-to-image and text-to-music models.")
         with gr.Tabs():
             with gr.Tab("Image", id="image"):
-                image_model = _image_tab(h)
+                image_model, image_adapter = _image_tab(h)
             with gr.Tab("Music", id="music"):
-                music_model = _music_tab(h)
+                music_model, music_adapter = _music_tab(h)
             with gr.Tab("Merge", id="merge"):
                 merge_models, saved = _merge_tab(h)
             with gr.Tab("Train", id="train"):
@@ -57,15 +65,19 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 eval_model = _evaluate_tab(h)
             with gr.Tab("Models", id="models"):
                 table, refresh, imported = _models_tab(h)
-        pickers = [(image_model, "image"), (music_model, "audio"), *((m, None) for m in merge_models)]
+        pickers = [(image_model, "image"), (music_model, "audio"), *((m, "merge") for m in merge_models)]
         pickers.append((eval_model, None))
+        adapter_pickers = [(image_adapter, image_model), (music_adapter, music_model)]
 
         def refresh_all(*current):
-            return [h.dropdown(value, kind) for value, (_, kind) in zip(current, pickers, strict=True)] + [
-                h.models_table()
-            ]
+            models = [h.dropdown(value, kind) for value, (_, kind) in zip(current, pickers, strict=True)]
+            adapters = current[len(pickers) :]
+            model_of = {id(d): i for i, (d, _) in enumerate(pickers)}
+            for value, (_, model) in zip(adapters, adapter_pickers, strict=True):
+                models.append(h.adapter_dropdown(models[model_of[id(model)]].value, value))
+            return [*models, h.models_table()]
 
-        dropdowns = [d for d, _ in pickers]
+        dropdowns = [d for d, _ in pickers] + [a for a, _ in adapter_pickers]
         refresh.click(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)
         demo.load(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)
         for event in (saved, imported):  # a new model appears in every picker
@@ -92,10 +104,25 @@ def _scheduler_picker() -> gr.Dropdown:
     return gr.Dropdown(["saved", *Studio.samplers()], value="saved", label="sampler")
 
 
-def _image_tab(h: Handlers) -> gr.Dropdown:
+def _adapter_controls(h: Handlers, model: gr.Dropdown, prefix: str) -> tuple[gr.Dropdown, gr.Slider]:
+    """An adapter picker that follows ``model`` and its strength slider."""
+    with gr.Row():
+        adapter = gr.Dropdown(
+            h.adapter_choices(model.value), value="", label="adapter (from runs/)", elem_id=f"{prefix}-adapter"
+        )
+        strength = gr.Slider(
+            -MAX_ADAPTER_SCALE, MAX_ADAPTER_SCALE, value=1.0, step=0.05, elem_id=f"{prefix}-adapter-strength",
+            label="adapter strength (orthogonal adapters stay rotations at any strength)",
+        )  # fmt: skip
+    model.change(h.adapter_dropdown, [model, adapter], adapter, **LIGHT)
+    return adapter, strength
+
+
+def _image_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown]:
     with gr.Row():
         with gr.Column():
             model = _model_picker(h, "image", elem_id="image-model")
+            adapter, strength = _adapter_controls(h, model, "image")
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="prompt", lines=2, elem_id="image-prompt")
             negative = gr.Textbox(label="negative prompt", placeholder="optional")
             steps, guidance, seed = _sampling_controls("image")
@@ -107,16 +134,17 @@ def _image_tab(h: Handlers) -> gr.Dropdown:
             gallery = gr.Gallery(label="images", columns=4, elem_id="image-gallery", elem_classes=["pixelated"])
             status = gr.Markdown(elem_id="image-status")
             manifest = gr.File(label="manifest.json")
-    inputs = [model, prompt, negative, steps, guidance, seed, count, scheduler]
+    inputs = [model, prompt, negative, steps, guidance, seed, count, scheduler, adapter, strength]
     button.click(h.generate_image, inputs, [gallery, manifest, status], **HEAVY)
     prompt.submit(h.generate_image, inputs, [gallery, manifest, status], **HEAVY)
-    return model
+    return model, adapter
 
 
-def _music_tab(h: Handlers) -> gr.Dropdown:
+def _music_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown]:
     with gr.Row():
         with gr.Column():
             model = _model_picker(h, "audio", elem_id="music-model")
+            adapter, strength = _adapter_controls(h, model, "music")
             prompt = gr.Textbox(value=DEFAULT_MUSIC_PROMPT, label="prompt", lines=2, elem_id="music-prompt")
             negative = gr.Textbox(label="negative prompt", placeholder="optional")
             steps, guidance, seed = _sampling_controls("music")
@@ -133,17 +161,19 @@ def _music_tab(h: Handlers) -> gr.Dropdown:
                     spectrograms.append(gr.Image(label="spectrogram", visible=False, height=120))
             status = gr.Markdown(elem_id="music-status")
             manifest = gr.File(label="manifest.json")
-    inputs = [model, prompt, negative, steps, guidance, seed, count, length, scheduler]
+    inputs = [model, prompt, negative, steps, guidance, seed, count, length, scheduler, adapter, strength]
     button.click(h.generate_music, inputs, [*audios, *spectrograms, manifest, status], **HEAVY)
-    return model
+    return model, adapter
 
 
 def _merge_tab(h: Handlers) -> tuple[list[gr.Dropdown], gr.events.Dependency]:
     gr.Markdown(
         "Weight-space merge of 2 to 4 models of one architecture: the UNet becomes Σ wᵢ·UNetᵢ. "
+        "Or pick 2 to 4 adapters of one model: each is applied at its weight as strength (additive adapters "
+        "sum exactly; orthogonal ones compose and stay rotations, also for weights below 0 or above 1). "
         "Releasing a slider re-merges in memory and samples the fixed prompt and seed."
     )
-    choices = h.choices()
+    choices = h.choices("merge")
     defaults = [value for _, value in h.choices("image")][:2]  # a mergeable pair: one modality, one family
     pairs = h.studio.quality_diversity_pairs()
     with gr.Row():
@@ -158,14 +188,14 @@ def _merge_tab(h: Handlers) -> tuple[list[gr.Dropdown], gr.events.Dependency]:
                     diversity = gr.Slider(
                         0, 1, value=0.0, step=0.05, label="λ: quality → diversity", elem_id="qd-lambda"
                     )
-            count = gr.Radio(list(range(2, MAX_MERGE + 1)), value=2, label="number of models")
+            count = gr.Radio(list(range(2, MAX_MERGE + 1)), value=2, label="number of models or adapters")
             rows, models, weights = [], [], []
             for i in range(MAX_MERGE):
                 with gr.Row(visible=i < 2) as row:
                     value = defaults[i] if i < len(defaults) else None
                     models.append(gr.Dropdown(choices=choices, value=value, label=f"model {i + 1}"))
                     weights.append(
-                        gr.Slider(0, 1, value=0.5, step=0.05, label=f"weight {i + 1}", elem_id=f"merge-weight-{i}")
+                        gr.Slider(-1, 2, value=0.5, step=0.05, label=f"weight {i + 1}", elem_id=f"merge-weight-{i}")
                     )
                 rows.append(row)
             normalize = gr.Checkbox(value=True, label="normalise weights to sum 1")

@@ -14,6 +14,7 @@ from studio.adapters import (
     adapter_state_dict,
     adapter_targets,
     add_adapter,
+    bake_adapters,
     delete_adapter,
     disable_adapters,
     enable_adapters,
@@ -120,3 +121,18 @@ def test_model_level_helpers(kit):
     assert isinstance(attn.to_q, nn.Linear) and list(attn.to_v.adapters) == ["b"]
     with pytest.raises(ValueError, match="no adapter named 'a'"):
         set_adapter_scale(attn, "a", 1.0)
+
+
+def test_bake_adapters_leaves_plain_layers_that_compute_the_adapted_model(kit, method):
+    attn, x = tiny_attention(), hidden()
+    add_adapter(attn, "a", kit.CONFIGS[method])
+    add_adapter(attn, "b", LoRAConfig(rank=2), targets=["to_v"])
+    for layer in adapter_layers(attn).values():
+        for adapter in layer.adapters.values():
+            kit.randomize(adapter)
+    set_adapter_scale(attn, "a", 0.6)
+    adapted = attn(x)
+    assert sorted(bake_adapters(attn)) == sorted(TARGETS)
+    assert adapter_layers(attn) == {} and all(type(attn.get_submodule(t)) is nn.Linear for t in TARGETS)
+    assert (attn(x) - adapted).abs().max().item() <= kit.TOL["merge"]
+    assert not any(".adapters." in name for name in attn.state_dict())

@@ -41,6 +41,10 @@ def test_build_ui_has_the_tabs_and_a_bounded_queue_and_loads_nothing(studio):
     assert studio.models._cache == {}  # nothing loads until an event runs
     sliders = [b for b in demo.blocks.values() if isinstance(b, gr.Slider) and (b.elem_id or "").startswith("merge-w")]
     assert len(sliders) == MAX_MERGE
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    for tab in ("image", "music"):  # an adapter picker that starts at "none", and a strength slider beside it
+        assert isinstance(by_id[f"{tab}-adapter"], gr.Dropdown) and by_id[f"{tab}-adapter"].value == ""
+        assert (by_id[f"{tab}-adapter-strength"].minimum, by_id[f"{tab}-adapter-strength"].maximum) == (-3, 3)
     heavy = [d for d in demo.fns.values() if d.concurrency_id == "compute"]
     assert len(heavy) >= 6 and all(d.concurrency_limit == 1 for d in heavy)
 
