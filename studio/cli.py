@@ -101,11 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", type=Path, default=None, help="output folder (default: the recipe's)")
 
-    merge = sub.add_parser("merge", help="merge the UNet weights of two or more pipelines of one architecture")
-    merge.add_argument("models", nargs="+", help="embedded names or pipeline folders (two or more)")
+    merge = sub.add_parser(
+        "merge",
+        help="merge the UNet weights of two or more pipelines of one architecture, or adapters into their model",
+    )
+    merge.add_argument(
+        "models",
+        nargs="+",
+        help="embedded names or pipeline folders (two or more); or a model followed by adapter .safetensors files",
+    )
     how = merge.add_mutually_exclusive_group(required=True)
-    how.add_argument("--weights", type=float, nargs="+", help="one weight per model, used as given (sum 1: a mix)")
-    how.add_argument("--alpha", type=float, help="two models only: (1 - alpha) * first + alpha * second")
+    how.add_argument(
+        "--weights", type=float, nargs="+", help="one weight per model (sum 1: a mix), or one strength per adapter"
+    )
+    how.add_argument("--alpha", type=float, help="two models or adapters: (1 - alpha) * first + alpha * second")
     merge.add_argument("--modality", choices=("image", "music"), default=None, help="default: read from the models")
     merge.add_argument("--out", type=Path, required=True, help="output pipeline folder (replaced atomically)")
 
@@ -276,15 +285,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from studio.merging import merge_pipelines
+    from studio.merging import merge_adapter_files, merge_pipelines
 
-    if args.alpha is not None and len(args.models) != 2:
-        raise ValueError(f"--alpha needs exactly two models, got {len(args.models)}; use --weights for more")
+    adapters = [m for m in args.models[1:] if m.endswith(".safetensors")]
+    items = adapters or args.models
+    if adapters and len(adapters) != len(args.models) - 1:
+        raise ValueError("give a model followed only by adapter .safetensors files, or only models")
+    if args.alpha is not None and len(items) != 2:
+        raise ValueError(f"--alpha needs exactly two models or adapters, got {len(items)}; use --weights")
     weights = [1.0 - args.alpha, args.alpha] if args.alpha is not None else args.weights
     modality = {"image": "image", "music": "audio", None: None}[args.modality]
-    merge_pipelines(args.models, weights, args.out, modality=modality)
-    mix = " + ".join(f"{w:g}·{m}" for w, m in zip(weights, args.models, strict=True))
-    print(f"wrote merged pipeline ({mix}) to {args.out}")
+    mix = " + ".join(f"{w:g}·{m}" for w, m in zip(weights, items, strict=False))
+    if adapters:
+        merge_adapter_files(args.models[0], adapters, weights, args.out, modality=modality)
+        print(f"wrote {args.models[0]} with adapters {mix} merged in to {args.out}")
+    else:
+        merge_pipelines(args.models, weights, args.out, modality=modality)
+        print(f"wrote merged pipeline ({mix}) to {args.out}")
     return 0
 
 

@@ -209,6 +209,55 @@ def merge_pipelines(
     return live.pipeline
 
 
+def merge_adapter_files(
+    base: str | Path,
+    adapters: Sequence[str | Path],
+    strengths: Sequence[float],
+    out: str | Path | None = None,
+    *,
+    modality: Modality | None = None,
+) -> StudioDiffusionPipeline:
+    """Load ``base`` and return a copy whose UNet holds the adapter files merged in, file ``i`` at ``strengths[i]``.
+
+    Additive adapters combine exactly (``W + Σ s_i ΔW_i``), orthogonal ones compose and stay rotations (see the
+    module docstring); the result is a plain pipeline that saves and loads like any model.
+
+    Args:
+        base: the model the adapters were trained on (embedded name, pipeline folder or cached hub id).
+        adapters: one or more files written by ``save_adapter`` (``mixstudio train finetune``).
+        strengths: one finite strength per file.
+        out: if given, save the pipeline here (written atomically) with ``merge.json``.
+        modality: ``image`` or ``audio`` (default: read from ``base``).
+
+    Raises:
+        ValueError: for no adapters, bad strengths, an adapter whose header names another base model, one that
+            does not fit the UNet, or an unwritable ``out`` (checked before loading).
+    """
+    from studio.adapters import read_adapter_header
+
+    if not adapters:
+        raise ValueError("give at least one adapter file to merge into the base model")
+    check_weights(strengths, len(adapters))
+    if out is not None:
+        check_output_dir(out)
+    for path in adapters:
+        saved = read_adapter_header(path).get("base_model_id")
+        if saved is not None and saved != str(base) and Path(saved).absolute() != Path(base).absolute():
+            raise ValueError(
+                f"adapter {str(path)!r} was trained on {saved!r}, not {str(base)!r}; merge it into that model"
+            )
+    pipe = adapted_pipeline(load_pipeline(base, modality or pipeline_modality(base)), list(zip(adapters, strengths)))
+    if out is not None:
+        record = {
+            "base": str(base), "adapters": [str(a) for a in adapters], "strengths": [float(s) for s in strengths],
+            "rule": "adapter i applied at strength i, merged into the UNet",
+        }  # fmt: skip
+        with atomic_dir(out) as tmp:
+            pipe.save_pretrained(tmp)
+            atomic_write_text(tmp / "merge.json", json.dumps(record, indent=2) + "\n")
+    return pipe
+
+
 def interpolate(
     a: str | Path, b: str | Path, alpha: float, out: str | Path | None = None, *, modality: Modality | None = None
 ) -> StudioDiffusionPipeline:

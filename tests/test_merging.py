@@ -7,7 +7,14 @@ import torch
 from diffusers import DDIMScheduler
 
 from studio.cli import main
-from studio.merging import LiveMerge, interpolate, merge_pipelines, merge_state_dicts, pipeline_modality
+from studio.merging import (
+    LiveMerge,
+    interpolate,
+    merge_adapter_files,
+    merge_pipelines,
+    merge_state_dicts,
+    pipeline_modality,
+)
 from studio.models.unet import build_unet
 from studio.pipelines import StudioImagePipeline, load_pipeline
 
@@ -163,3 +170,38 @@ def test_cli_merge_bad_input_exits_2_and_writes_nothing(folders, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def lora_file(folder, path, seed: int, base_id: str):
+    from studio.adapters import LoRAConfig, adapter_layers, add_adapter, save_adapter
+
+    pipe = load_pipeline(folder)
+    add_adapter(pipe.unet, "x", LoRAConfig(rank=2), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for layer in adapter_layers(pipe.unet).values():
+            layer.adapters["x"].B.normal_(0, 0.2, generator=torch.Generator().manual_seed(seed))
+    save_adapter(pipe.unet, "x", path, base_model_id=base_id)
+    return path
+
+
+def test_cli_merges_adapters_into_their_model_by_strength(folders, tmp_path, capsys):
+    a = str(folders["a"])
+    one, two = (lora_file(folders["a"], tmp_path / f"{n}.safetensors", n, a) for n in (1, 2))
+    out = tmp_path / "tuned"
+    assert main(["--quiet", "merge", a, str(one), str(two), "--weights", "0.5", "1.5", "--out", str(out)]) == 0
+    assert "with adapters 0.5·" in capsys.readouterr().out
+    merged, base = unet_state(out), unet_state(folders["a"])
+    assert set(merged) == set(base)  # a plain pipeline: the adapters are merged into the weights
+    alone = [merge_adapter_files(a, [f], [1.0]).unet.state_dict() for f in (one, two)]
+    for key in base:  # additive adapters: W + 0.5·ΔW₁ + 1.5·ΔW₂ exactly
+        expected = base[key] + 0.5 * (alone[0][key] - base[key]) + 1.5 * (alone[1][key] - base[key])
+        torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-6, msg=key)
+    assert sum((merged[k] - base[k]).abs().sum() for k in base) > 0
+    assert json.loads((out / "merge.json").read_text())["strengths"] == [0.5, 1.5]
+
+    other = lora_file(folders["a"], tmp_path / "other.safetensors", 3, "some-other-model")
+    assert main(["--quiet", "merge", a, str(other), "--weights", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "was trained on 'some-other-model'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    mixed = [a, str(one), str(folders["b"])]
+    assert main(["--quiet", "merge", *mixed, "--weights", "1", "1", "1", "--out", str(tmp_path / "y")]) == 2
+    assert "followed only by adapter .safetensors files" in capsys.readouterr().err
