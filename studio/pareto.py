@@ -3,7 +3,8 @@
 Points (each a folder that ``mixstudio eval`` scores the same way):
 
 - the base model with classifier-free guidance at each ``w`` (the curve to beat);
-- every student sampled *without* guidance (one UNet call per step);
+- every student sampled *without* guidance (one UNet call per step); a guidance-conditioned student (one that
+  reads ``w`` as an input) at every ``w`` of the CFG curve instead, still one UNet call per step;
 - weight-space merges of a quality student and a diversity student at each ``λ``
   (``θ = (1 − λ)·θ_quality + λ·θ_diversity``), the deployment-time slider.
 
@@ -168,7 +169,11 @@ def pareto_eval(
         for w in scales:
             score("CFG", f"w={w:g}", base, w, f"cfg-{w:g}")
         for i, (label, model) in enumerate(unguided.items()):
-            score(label, "w=1", model, 1.0, f"student-{i}")
+            if reads_guidance(model, modality):  # the student's own slider: one UNet call at every w
+                for w in scales:
+                    score(label, f"w={w:g}", model, w, f"student-{i}-w{w:g}")
+            else:
+                score(label, "w=1", model, 1.0, f"student-{i}")
         if quality is not None:
             for lam in lambdas:
                 merged = tmp / "merges" / f"lambda-{lam:g}"
@@ -180,11 +185,43 @@ def pareto_eval(
         )
         atomic_write_text(tmp / "pareto.json", report.to_json())
         atomic_write_text(tmp / "pareto.md", report.table() + "\n")
-        series: dict[str, list[tuple[float, float, str]]] = {}
-        for p in points:
-            name = f"{base} + CFG" if p.method == "CFG" else ("merges" if p.method == "merge" else "students")
-            series.setdefault(name, []).append(
-                (p.diversity, p.adherence, p.method if name == "students" else p.setting)
-            )
-        write_png(tmp / "pareto.png", tradeoff_plot(series, title=f"{template.world}: CFG vs distilled students"))
+        title = f"{template.world}: CFG vs distilled students"
+        write_png(tmp / "pareto.png", tradeoff_plot(plot_series(points, base), title=title))
     return report
+
+
+def reads_guidance(model: str, modality: str) -> bool:
+    """Whether ``model``'s UNet takes the guidance scale as an input (a guidance-conditioned student)."""
+    from studio.pipelines import load_pipeline
+
+    return load_pipeline(model, modality).guidance_conditioned
+
+
+def plot_series(points: list[ParetoPoint], base: str) -> dict[str, list[tuple[float, float, str]]]:
+    """``(diversity, adherence, label)`` lines: the CFG curve, each student, and the merge slider's path.
+
+    The merge line runs from the quality student through the merges (by λ) to the diversity student, so the
+    plot shows the path the slider walks; a student sampled at one ``w`` is a single point.
+    """
+    groups: dict[str, list[ParetoPoint]] = {}
+    for p in points:
+        groups.setdefault(p.method, []).append(p)
+
+    def line(group: list[ParetoPoint], label) -> list[tuple[float, float, str]]:
+        return [(p.diversity, p.adherence, label(p)) for p in group]
+
+    series = {}
+    for method, group in groups.items():
+        if method == "CFG":
+            series[f"{base} + CFG"] = line(group, lambda p: p.setting)
+        elif method != "merge":
+            swept = len(group) > 1
+            series[method] = line(group, lambda p, swept=swept: p.setting if swept else "")
+    merges = sorted(groups.get("merge", []), key=lambda p: float(p.setting.removeprefix("λ=")))
+    if merges:
+        quality, diversity = (groups.get(m, []) for m in ("quality student (β = 0)", "diversity student (β > 0)"))
+        path = line(quality, lambda p: "λ=0") if len(quality) == 1 else []
+        path += line(merges, lambda p: p.setting)
+        path += line(diversity, lambda p: "λ=1") if len(diversity) == 1 else []
+        series["merges (slider)"] = path
+    return series

@@ -9,6 +9,8 @@ import torch
 from studio.cli import main
 from studio.io import read_image
 from studio.judges.evaluate import evaluate_folder
+from studio.models.unet import with_guidance_input
+from studio.pareto import ParetoPoint, pareto_eval, plot_series
 from studio.pipelines import StudioImagePipeline
 
 
@@ -78,3 +80,35 @@ def test_pareto_rejects_bad_settings_before_sampling(tmp_path, capsys, tiny_shap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_guidance_conditioned_student_is_scored_at_every_w_of_the_cfg_curve(tmp_path, tiny_shapes_folder):
+    pipe = StudioImagePipeline.from_pretrained(tiny_shapes_folder)
+    pipe.unet = with_guidance_input(pipe.unet)
+    with torch.no_grad():  # a trained-looking guidance input, so w changes the samples
+        pipe.unet.time_embedding.cond_proj.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    pipe.save_pretrained(tmp_path / "w-student")
+    report = pareto_eval(
+        str(tiny_shapes_folder), "image", out=tmp_path / "pareto", students={"w-student": str(tmp_path / "w-student")},
+        scales=(1.0, 3.0), per_prompt=2, steps=1, progress=False,
+    )  # fmt: skip
+    points = {(p.method, p.setting): p for p in report.points}
+    assert list(points) == [("CFG", "w=1"), ("CFG", "w=3"), ("w-student", "w=1"), ("w-student", "w=3")]
+    folders = [tmp_path / "pareto" / points[("w-student", w)].folder for w in ("w=1", "w=3")]
+    assert not np.array_equal(read_image(folders[0] / "0000.png"), read_image(folders[1] / "0000.png"))
+
+
+def test_the_plot_walks_the_merge_slider_from_the_quality_to_the_diversity_student():
+    def point(method, setting, x, y):
+        return ParetoPoint(method, setting, "m", 1.0, y, x, y, x, 1.0, "f")
+
+    points = [
+        point("CFG", "w=1", 0.20, 0.10), point("CFG", "w=4", 0.17, 0.14),
+        point("quality student (β = 0)", "w=1", 0.15, 0.22), point("diversity student (β > 0)", "w=1", 0.19, 0.16),
+        point("merge", "λ=0.75", 0.18, 0.20), point("merge", "λ=0.25", 0.16, 0.21),
+    ]  # fmt: skip
+    series = plot_series(points, "shapes")
+    assert series["shapes + CFG"] == [(0.20, 0.10, "w=1"), (0.17, 0.14, "w=4")]
+    assert series["quality student (β = 0)"] == [(0.15, 0.22, "")]
+    assert [label for _, _, label in series["merges (slider)"]] == ["λ=0", "λ=0.25", "λ=0.75", "λ=1"]
+    assert series["merges (slider)"][0][:2] == (0.15, 0.22) and series["merges (slider)"][-1][:2] == (0.19, 0.16)
