@@ -63,8 +63,8 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 
-#: Settings the app owns when it starts a run (outputs stay inside the workdir).
-APP_OWNED_KEYS = ("out", "export")
+#: Settings the app owns when it starts a run: every path a trainer writes to stays inside the workdir.
+APP_OWNED_KEYS = ("out", "export", "class_dir")
 
 
 @dataclass

@@ -59,6 +59,7 @@ def test_cancel_stops_the_process_and_a_second_run_waits_for_the_first(workdir, 
         ("pretrain-shapes", "max_steps 10", "not key=value"),
         ("pretrain-shapes", ["out=/tmp/elsewhere"], "the app chooses where runs are written"),
         ("pretrain-shapes", ["export=/tmp/elsewhere"], "the app chooses where runs are written"),
+        ("finetune", ["class_dir=/tmp/elsewhere"], "the app chooses where runs are written"),
     ],
 )
 def test_bad_recipes_and_overrides_are_refused_before_anything_starts(
