@@ -143,9 +143,10 @@ class MultiplicativeAdapter(Adapter):
 
     additive = False
     has_output_map: ClassVar[bool] = False
-    rows_cheaply: ClassVar[bool] = False
-    """Whether ``rotate_input`` costs one small pass per row (block-diagonal, rank-1 blocks): such adapters stay
-    on the activations of a layer whose weight is frozen (see :meth:`AdapterLayer._on_weight`)."""
+    rows_cheaply: bool = False
+    """Whether ``rotate_input`` costs less per row than the weight path's extra GEMM (one block-diagonal or rank-1
+    pass; the Givens tree on wide layers): such adapters stay on the activations of a layer whose weight is
+    frozen (see :meth:`AdapterLayer._on_weight`)."""
 
     def rotate_input(self, x: torch.Tensor, scale: float, transpose: bool = False) -> torch.Tensor:
         """``x @ R(s)`` (or ``x @ R(s)ᵀ`` when ``transpose``) for rows ``x`` of shape ``(..., d_in)``.

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from studio.adapters import METHODS, AdapterLayer, DiffuseKronAConfig, LoRAConfig, OFTConfig
+from studio.adapters import METHODS, AdapterLayer, DiffuseKronAConfig, GOFTConfig, LoRAConfig, OFTConfig, QGOFTConfig
+from studio.adapters.givens import TREE_ON_ROWS_WIDTH
 
 SCALES = (0.0, 0.3, 1.0, 1.7, -0.5)
 
@@ -162,6 +163,15 @@ def test_multi_stage_adapters_move_to_the_weight_once_rows_outnumber_outputs(kit
     assert layer._on_weight(many, active) == (not (adapter.additive or adapter.rows_cheaply))
     layer.weight_path = False
     assert not layer._on_weight(many, active)
+
+
+def test_the_givens_tree_stays_on_the_activations_of_wide_layers():
+    for config in (GOFTConfig(), QGOFTConfig()):
+        for width, on_rows in ((TREE_ON_ROWS_WIDTH // 2, False), (TREE_ON_ROWS_WIDTH, True)):
+            layer = AdapterLayer(nn.Linear(width, width))
+            adapter = layer.add_adapter("a", config)
+            many = torch.zeros(2 * width, width)  # rows outnumber outputs
+            assert layer._on_weight(many, [(adapter, 1.0)]) == (not on_rows), (config, width)
 
 
 def dense_update(adapter, weight):

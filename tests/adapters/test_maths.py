@@ -7,6 +7,7 @@ import torch
 from peft.tuners.lokr.layer import factorization as peft_factorization
 
 from studio.adapters.maths import (
+    apply_givens_tree,
     apply_pair_stages,
     block_diagonal_matmul,
     butterfly_permutation,
@@ -140,6 +141,27 @@ def test_apply_pair_stages_matches_dense_product(kit):
     e0 = torch.tensor([1.0, 0.0], dtype=D)
     torch.testing.assert_close(apply_pair_stages(e0, one, quarter, False), torch.tensor([0.0, -1.0], dtype=D))
     torch.testing.assert_close(apply_pair_stages(e0, one, quarter, True), torch.tensor([0.0, 1.0], dtype=D))
+
+
+@pytest.mark.parametrize("dim", [2, 3, 5, 8, 12, 33, 96])
+def test_the_givens_tree_equals_the_stage_by_stage_product_with_its_gradients(kit, dim):
+    stages = givens_stages(dim)
+    gen = torch.Generator().manual_seed(dim)
+    mats = [torch.randn(len(i), 2, 2, generator=gen, dtype=D, requires_grad=True) for i, _ in stages]
+    x = torch.randn(3, 2, dim, generator=gen, dtype=D, requires_grad=True)
+    for transpose in (False, True):
+        ref = apply_pair_stages(x, stages, mats, transpose)
+        tree = apply_givens_tree(x, mats, transpose)
+        torch.testing.assert_close(tree, ref, atol=kit.TOL["float64"], rtol=0)
+        probe = torch.randn(ref.shape, generator=gen, dtype=D)
+        for g_ref, g_tree in zip(
+            torch.autograd.grad((ref * probe).sum(), [x, *mats]),
+            torch.autograd.grad((tree * probe).sum(), [x, *mats]),
+            strict=True,
+        ):
+            torch.testing.assert_close(g_tree, g_ref, atol=kit.TOL["float64"], rtol=0)
+    leaves = [m.detach().clone().requires_grad_() for m in mats]
+    assert torch.autograd.gradcheck(lambda v, *m: apply_givens_tree(v, list(m), True), (x[:1, :1], *leaves))
 
 
 def test_householder_worked_example_and_strength_path(kit):
