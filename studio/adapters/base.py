@@ -138,6 +138,14 @@ class AdditiveAdapter(Adapter):
         return True
 
 
+#: Layers at least this wide (outputs) keep multi-stage transforms (BOFT's butterflies, the Givens tree) on the
+#: activations: the weight path's extra GEMM (``d_out·d_in`` per row) then costs more than the stages (a few
+#: ``d_in``-sized passes per row). Measured here (one thread, fwd+bwd ÷ LoRA, 2048 rows): GOFT at 1280 features
+#: 1.13× on the activations vs 1.43× on the weight, at 320 features 1.47× vs 1.23×; BOFT 1.16× vs 1.42× and
+#: 1.72× vs 1.23×; at 8192 rows × 640 features GOFT is 1.20× either way.
+STAGES_ON_ROWS_WIDTH = 640
+
+
 class MultiplicativeAdapter(Adapter):
     """``W' = L(s) · W · R(s)ᵀ``: an input-side transform ``R`` and an optional output-side ``L``."""
 
@@ -387,9 +395,9 @@ class AdapterLayer(nn.Module):
         per row, with tensors saved per pass. One cheap pass per row (OFT's block-diagonal matmul, ETHER's
         reflections; ``rows_cheaply``) beats the GEMM, so those stay on the activations, as do additive
         adapters (a low-rank or Kronecker delta). Multi-stage transforms (BOFT's butterflies, GOFT's log-depth
-        Givens stages) go on the weight once the batch has more rows than the layer has outputs: every UNet
-        attention projection, thousands of tokens against hundreds of features (``bench_adapters.py``: GOFT
-        253 → 109 ms at 2048 rows × 320 features, BOFT 193 → 100 ms).
+        Givens stages) on layers narrower than ``STAGES_ON_ROWS_WIDTH`` go on the weight once the batch has more
+        rows than the layer has outputs (thousands of tokens against hundreds of features); on wider layers the
+        extra GEMM costs more than the stages, so they stay on the activations (``rows_cheaply``).
         """
         if self.weight_path is not None:
             return self.weight_path

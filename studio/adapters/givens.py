@@ -20,15 +20,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from studio.adapters.base import LayerShape, MultiplicativeAdapter
+from studio.adapters.base import STAGES_ON_ROWS_WIDTH, LayerShape, MultiplicativeAdapter
 from studio.adapters.maths import apply_givens_tree, givens_stages, rotation_2x2
 
 if TYPE_CHECKING:
     from studio.adapters.config import GOFTConfig, QGOFTConfig
-
-
-#: Layers at least this wide (outputs) apply the Givens tree to the activations rather than to the weight.
-TREE_ON_ROWS_WIDTH = 640
 
 
 class _PairStagesAdapter(MultiplicativeAdapter):
@@ -39,10 +35,7 @@ class _PairStagesAdapter(MultiplicativeAdapter):
         if shape.d_in < 2:
             raise ValueError(f"{type(config).__name__} needs d_in >= 2 input features; this layer has {shape.d_in}")
         self.stage_sizes = [len(i) for i, _ in givens_stages(shape.d_in)]
-        # The tree costs ~2·d_in multiply-adds per row (plus log2 d small launches); the weight path's extra
-        # GEMM costs d_out·d_in per row. Measured here (one thread, fwd+bwd ÷ LoRA): at 2048 rows × 1280 features
-        # activations 1.13× vs weight 1.43×; at 8192 × 640 both 1.20×; at 2048 × 320 activations 1.47× vs 1.23×.
-        self.rows_cheaply = shape.d_out >= TREE_ON_ROWS_WIDTH
+        self.rows_cheaply = shape.d_out >= STAGES_ON_ROWS_WIDTH  # the tree: ~2·d_in multiply-adds per row
 
     def stage_blocks(self, scale: float) -> torch.Tensor:
         """``(d - 1, 2, 2)`` blocks at strength ``scale``, stage by stage."""

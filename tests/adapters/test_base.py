@@ -11,8 +11,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from studio.adapters import METHODS, AdapterLayer, DiffuseKronAConfig, GOFTConfig, LoRAConfig, OFTConfig, QGOFTConfig
-from studio.adapters.givens import TREE_ON_ROWS_WIDTH
+from studio.adapters import (
+    METHODS,
+    AdapterLayer,
+    BOFTConfig,
+    DiffuseKronAConfig,
+    GOFTConfig,
+    LoRAConfig,
+    OFTConfig,
+    QGOFTConfig,
+)
+from studio.adapters.base import STAGES_ON_ROWS_WIDTH
 
 SCALES = (0.0, 0.3, 1.0, 1.7, -0.5)
 
@@ -165,9 +174,9 @@ def test_multi_stage_adapters_move_to_the_weight_once_rows_outnumber_outputs(kit
     assert not layer._on_weight(many, active)
 
 
-def test_the_givens_tree_stays_on_the_activations_of_wide_layers():
-    for config in (GOFTConfig(), QGOFTConfig()):
-        for width, on_rows in ((TREE_ON_ROWS_WIDTH // 2, False), (TREE_ON_ROWS_WIDTH, True)):
+def test_multi_stage_transforms_stay_on_the_activations_of_wide_layers():
+    for config in (GOFTConfig(), QGOFTConfig(), BOFTConfig(block_size=8, factors=2)):
+        for width, on_rows in ((STAGES_ON_ROWS_WIDTH // 2, False), (STAGES_ON_ROWS_WIDTH, True)):
             layer = AdapterLayer(nn.Linear(width, width))
             adapter = layer.add_adapter("a", config)
             many = torch.zeros(2 * width, width)  # rows outnumber outputs
