@@ -2,6 +2,8 @@
 
     .venv/bin/python docs/app/screenshots.py                 # embedded models if present, else tiny random ones
     .venv/bin/python docs/app/screenshots.py --tiny          # always tiny random models (fast, no assets needed)
+    .venv/bin/python docs/app/screenshots.py --adapter runs/concept-study/runs/lora-x1/adapter.safetensors
+                                                             # the Image tab samples "a sks shape" with it
 
 Uses the embedded ``shapes``/``synth`` models when they exist; otherwise it saves tiny random 32-px
 image and 16-mel music models into the app's ``runs/`` (their samples are noise: the pictures show the
@@ -11,6 +13,7 @@ layout, not model quality). Needs playwright and Chromium at /usr/bin/chromium (
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import tempfile
 import time
@@ -82,9 +85,19 @@ def shoot(page, out: Path, tab: str) -> None:
     print(f"wrote {out / f'{tab.lower()}.png'}")
 
 
-def drive(page, out: Path, steps: int, train_overrides: str) -> None:
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose ``option`` (a substring of its label) in a Gradio dropdown."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option").filter(has_text=option).first.click()
+
+
+def drive(page, out: Path, steps: int, train_overrides: str, adapter: str | None) -> None:
     """One action per tab, then a screenshot of it."""
-    page.fill("#image-prompt textarea", "a red circle on a blue background")
+    if adapter is not None:  # a finetuned concept: the adapter picker and its strength slider in use
+        pick(page, "image-adapter", adapter)
+        page.fill("#image-prompt textarea", "a sks shape")
+    else:
+        page.fill("#image-prompt textarea", "a red circle on a blue background")
     set_number(page, "image-steps", steps)
     page.click("#image-generate")
     page.wait_for_function("() => /image[(]s[)] in/.test(document.querySelector('#image-status').innerText)")
@@ -132,6 +145,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="use tiny random models even if embedded ones exist")
     parser.add_argument("--workdir", type=Path, default=None, help="app workdir (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=HERE, help="where the PNGs go")
+    parser.add_argument("--adapter", type=Path, default=None, help="an adapter of `shapes` to show in the Image tab")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -142,6 +156,13 @@ def main() -> None:
     tiny = args.tiny or not embedded_present()
     if tiny:
         save_tiny_models(workdir / "runs")
+    adapter = None
+    if args.adapter is not None:
+        if tiny:
+            raise SystemExit("--adapter needs the embedded shapes model (it was trained on it); drop --tiny")
+        (workdir / "runs" / "sks-concept").mkdir(parents=True, exist_ok=True)
+        shutil.copy(args.adapter, workdir / "runs" / "sks-concept" / "adapter.safetensors")
+        adapter = "runs/sks-concept/adapter.safetensors"
     print(f"models: {'tiny random (embedded shapes/synth not used)' if tiny else 'embedded shapes and synth'}")
     steps = 4 if tiny else 25
     overrides = "channels=16,32\nattention_levels=1\nbatch_size=4\nmax_steps=12\nlog_every=1\nsample_prompts=4"
@@ -154,7 +175,7 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(f"http://127.0.0.1:{port}/")
-            drive(page, args.out, steps, overrides)
+            drive(page, args.out, steps, overrides, adapter)
             browser.close()
     finally:
         demo.close()
