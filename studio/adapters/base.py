@@ -138,12 +138,12 @@ class AdditiveAdapter(Adapter):
         return True
 
 
-#: Layers at least this wide (outputs) keep multi-stage transforms (BOFT's butterflies, the Givens tree) on the
-#: activations: the weight path's extra GEMM (``d_out·d_in`` per row) then costs more than the stages (a few
-#: ``d_in``-sized passes per row). Measured here (one thread, fwd+bwd ÷ LoRA, 2048 rows): GOFT at 1280 features
-#: 1.13× on the activations vs 1.43× on the weight, at 320 features 1.47× vs 1.23×; BOFT 1.16× vs 1.42× and
-#: 1.72× vs 1.23×; at 8192 rows × 640 features GOFT is 1.20× either way.
-STAGES_ON_ROWS_WIDTH = 640
+#: Layers at least this wide (outputs) keep the Givens tree on the activations: the weight path's extra GEMM
+#: (``d_out·d_in`` per row) then costs more than the tree (about ``2·d_in`` per row). ``bench_adapters.py``, two
+#: threads, GOFT ÷ LoRA: at 1024 tokens × 1280 features 1.14× on the activations against 1.86× on the weight;
+#: at 4096 tokens × 640 features 1.33× against 1.24×, so narrower layers stay on the weight. BOFT's butterflies
+#: copy the whole row per factor and stay on the weight (2.3× LoRA on the activations at 4096 × 640).
+STAGES_ON_ROWS_WIDTH = 1024
 
 
 class MultiplicativeAdapter(Adapter):
@@ -395,9 +395,9 @@ class AdapterLayer(nn.Module):
         per row, with tensors saved per pass. One cheap pass per row (OFT's block-diagonal matmul, ETHER's
         reflections; ``rows_cheaply``) beats the GEMM, so those stay on the activations, as do additive
         adapters (a low-rank or Kronecker delta). Multi-stage transforms (BOFT's butterflies, GOFT's log-depth
-        Givens stages) on layers narrower than ``STAGES_ON_ROWS_WIDTH`` go on the weight once the batch has more
-        rows than the layer has outputs (thousands of tokens against hundreds of features); on wider layers the
-        extra GEMM costs more than the stages, so they stay on the activations (``rows_cheaply``).
+        Givens stages) go on the weight once the batch has more rows than the layer has outputs (thousands of
+        tokens against hundreds of features), except the Givens tree on layers of ``STAGES_ON_ROWS_WIDTH`` or
+        more outputs, where the extra GEMM costs more than the tree (``rows_cheaply``).
         """
         if self.weight_path is not None:
             return self.weight_path

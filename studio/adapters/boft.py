@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from studio.adapters.base import STAGES_ON_ROWS_WIDTH, LayerShape, MultiplicativeAdapter, resolve_blocks
+from studio.adapters.base import LayerShape, MultiplicativeAdapter, resolve_blocks
 from studio.adapters.maths import block_diagonal_matmul, butterfly_permutation
 from studio.adapters.oft import cayley_blocks
 
@@ -46,7 +46,6 @@ class BOFTAdapter(MultiplicativeAdapter):
         self.num_blocks, self.block_size = n, b
         self.q = nn.Parameter(torch.zeros(factors, n, b * (b - 1) // 2))
         self.magnitude = nn.Parameter(torch.ones(shape.d_out))
-        self.rows_cheaply = shape.d_out >= STAGES_ON_ROWS_WIDTH
         perms = torch.stack([butterfly_permutation(shape.d_in, b, level) for level in range(factors)])
         self.register_buffer("perms", perms, persistent=False)
         self.register_buffer("inverse_perms", torch.argsort(perms, dim=-1), persistent=False)
