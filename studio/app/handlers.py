@@ -100,8 +100,10 @@ class Handlers:
         return gr.Dropdown(choices=choices, value=value)
 
     def models_table(self) -> pd.DataFrame:
-        """Listed models as a table."""
+        """Listed models, then the adapters found under ``runs/``, as a table."""
         rows = [(m.name, m.modality, m.kind, m.source) for m in self.studio.list_models()]
+        adapters = self.studio.list_adapters()
+        rows += [(a.name, a.modality, f"{a.method} adapter of {a.base}", str(a.path)) for a in adapters]
         return pd.DataFrame(rows, columns=["name", "modality", "kind", "source"])
 
     @boundary

@@ -160,6 +160,9 @@ def test_handlers_offer_adapters_in_the_pickers_and_pass_the_strength(studio):
     assert h.adapter_dropdown("runs/b", "runs/ft-lora/adapter.safetensors").value == NO_ADAPTER  # not b's
     merge = dict((v, label) for label, v in h.choices("merge"))
     assert merge["runs/ft-oft/adapter.safetensors"].endswith("oft adapter of runs/a") and "runs/a" in merge
+    table = h.models_table().set_index("name")
+    assert table.loc["runs/ft-oft/adapter.safetensors", "kind"] == "oft adapter of runs/a"
+    assert table.loc["runs/a", "kind"] == "run"
     gallery, _, _ = h.generate_image(
         "runs/a", "a red circle", "", 2, 4.0, 3, 1, "saved", "runs/ft-lora/adapter.safetensors", 1.5
     )
