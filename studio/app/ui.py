@@ -70,8 +70,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
         adapter_pickers = [(image_adapter, image_model), (music_adapter, music_model)]
 
         def refresh_all(*current):
-            models = [h.dropdown(value, kind) for value, (_, kind) in zip(current, pickers, strict=True)]
-            adapters = current[len(pickers) :]
+            picked, adapters = current[: len(pickers)], current[len(pickers) :]
+            models = [h.dropdown(value, kind) for value, (_, kind) in zip(picked, pickers, strict=True)]
             model_of = {id(d): i for i, (d, _) in enumerate(pickers)}
             for value, (_, model) in zip(adapters, adapter_pickers, strict=True):
                 models.append(h.adapter_dropdown(models[model_of[id(model)]].value, value))

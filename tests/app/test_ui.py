@@ -45,6 +45,10 @@ def test_build_ui_has_the_tabs_and_a_bounded_queue_and_loads_nothing(studio):
     for tab in ("image", "music"):  # an adapter picker that starts at "none", and a strength slider beside it
         assert isinstance(by_id[f"{tab}-adapter"], gr.Dropdown) and by_id[f"{tab}-adapter"].value == ""
         assert (by_id[f"{tab}-adapter-strength"].minimum, by_id[f"{tab}-adapter-strength"].maximum) == (-3, 3)
+    refresh = next(d for d in demo.fns.values() if d.fn.__name__ == "refresh_all")
+    outputs = refresh.fn(*[None] * len(refresh.inputs))  # what a page load and the refresh button run
+    assert len(outputs) == len(refresh.outputs)
+    assert outputs[-1]["name"].tolist() == [m.name for m in studio.list_models()]  # the models table
     heavy = [d for d in demo.fns.values() if d.concurrency_id == "compute"]
     assert len(heavy) >= 6 and all(d.concurrency_limit == 1 for d in heavy)
 
