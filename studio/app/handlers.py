@@ -83,10 +83,12 @@ class Handlers:
 
     def dropdown(self, current: str | None, modality: str | None = None) -> gr.Dropdown:
         """A dropdown update with fresh choices, keeping ``current`` when it is still listed."""
-        choices = self.choices(modality)
-        names = [value for _, value in choices]
-        value = current if current in names else (names[0] if names else None)
-        return gr.Dropdown(choices=choices, value=value)
+        return gr.Dropdown(choices=self.choices(modality), value=self.kept(current, modality))
+
+    def kept(self, current: str | None, modality: str | None = None) -> str | None:
+        """What a refreshed model picker shows: ``current`` while it is listed, else the first listed model."""
+        names = [value for _, value in self.choices(modality)]
+        return current if current in names else (names[0] if names else None)
 
     def adapter_choices(self, model: str | None) -> list[tuple[str, str]]:
         """Adapter picker choices for ``model``: ``none`` first, then its adapters under ``runs/``."""

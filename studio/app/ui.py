@@ -72,9 +72,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def refresh_all(*current):
             picked, adapters = current[: len(pickers)], current[len(pickers) :]
             models = [h.dropdown(value, kind) for value, (_, kind) in zip(picked, pickers, strict=True)]
-            model_of = {id(d): i for i, (d, _) in enumerate(pickers)}
+            shown = {id(d): h.kept(value, kind) for value, (d, kind) in zip(picked, pickers, strict=True)}
             for value, (_, model) in zip(adapters, adapter_pickers, strict=True):
-                models.append(h.adapter_dropdown(models[model_of[id(model)]].value, value))
+                models.append(h.adapter_dropdown(shown[id(model)], value))
             return [*models, h.models_table()]
 
         dropdowns = [d for d, _ in pickers] + [a for a, _ in adapter_pickers]
