@@ -233,20 +233,13 @@ def merge_adapter_files(
         ValueError: for no adapters, bad strengths, an adapter whose header names another base model, one that
             does not fit the UNet, or an unwritable ``out`` (checked before loading).
     """
-    from studio.adapters import read_adapter_header
-
     if not adapters:
         raise ValueError("give at least one adapter file to merge into the base model")
     check_weights(strengths, len(adapters))
     if out is not None:
         check_output_dir(out)
-    for path in adapters:
-        saved = read_adapter_header(path).get("base_model_id")
-        if saved is not None and saved != str(base) and Path(saved).absolute() != Path(base).absolute():
-            raise ValueError(
-                f"adapter {str(path)!r} was trained on {saved!r}, not {str(base)!r}; merge it into that model"
-            )
-    pipe = adapted_pipeline(load_pipeline(base, modality or pipeline_modality(base)), list(zip(adapters, strengths)))
+    pipe = load_pipeline(base, modality or pipeline_modality(base))
+    pipe = adapted_pipeline(pipe, list(zip(adapters, strengths, strict=True)), base_model_id=str(base))
     if out is not None:
         record = {
             "base": str(base), "adapters": [str(a) for a in adapters], "strengths": [float(s) for s in strengths],
@@ -341,21 +334,27 @@ def applied_adapters(unet: torch.nn.Module, adapters: Sequence[tuple[str | Path,
 
 
 def adapted_pipeline(
-    pipeline: StudioDiffusionPipeline, adapters: Sequence[tuple[str | Path, float]]
+    pipeline: StudioDiffusionPipeline,
+    adapters: Sequence[tuple[str | Path, float]],
+    *,
+    base_model_id: str | None = None,
 ) -> StudioDiffusionPipeline:
     """A copy of ``pipeline`` whose UNet holds the adapters (at their strengths) merged into plain weights.
 
-    ``pipeline`` is not modified; the copy saves with ``save_pretrained`` like any model.
+    ``pipeline`` is not modified; the copy saves with ``save_pretrained`` like any model. With ``base_model_id``,
+    an adapter saved for another base model is refused (``load_adapter``'s check).
     """
     from studio.adapters import bake_adapters
 
     pipe = _fresh_pipeline(pipeline)
-    _load_adapters(pipe.unet, adapters)
+    _load_adapters(pipe.unet, adapters, base_model_id)
     bake_adapters(pipe.unet)
     return pipe
 
 
-def _load_adapters(unet: torch.nn.Module, adapters: Sequence[tuple[str | Path, float]]) -> list[str]:
+def _load_adapters(
+    unet: torch.nn.Module, adapters: Sequence[tuple[str | Path, float]], base_model_id: str | None = None
+) -> list[str]:
     """Load each file as adapter ``merge-<i>`` at its strength; on any error remove those loaded and re-raise."""
     from studio.adapters import delete_adapter, load_adapter, set_adapter_scale
 
@@ -365,7 +364,7 @@ def _load_adapters(unet: torch.nn.Module, adapters: Sequence[tuple[str | Path, f
             if not math.isfinite(strength):
                 raise ValueError(f"adapter strength must be a finite number, got {strength} for {Path(path).name!r}")
             name = f"merge-{i}"
-            load_adapter(unet, path, name=name)
+            load_adapter(unet, path, name=name, base_model_id=base_model_id)
             names.append(name)
             set_adapter_scale(unet, name, float(strength))
     except BaseException:

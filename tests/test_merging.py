@@ -201,7 +201,7 @@ def test_cli_merges_adapters_into_their_model_by_strength(folders, tmp_path, cap
 
     other = lora_file(folders["a"], tmp_path / "other.safetensors", 3, "some-other-model")
     assert main(["--quiet", "merge", a, str(other), "--weights", "1", "--out", str(tmp_path / "x")]) == 2
-    assert "was trained on 'some-other-model'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "was trained on base model 'some-other-model'" in capsys.readouterr().err and not (tmp_path / "x").exists()
     mixed = [a, str(one), str(folders["b"])]
     assert main(["--quiet", "merge", *mixed, "--weights", "1", "1", "1", "--out", str(tmp_path / "y")]) == 2
     assert "followed only by adapter .safetensors files" in capsys.readouterr().err

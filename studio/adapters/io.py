@@ -97,7 +97,9 @@ def read_adapter_header(path: str | Path) -> dict[str, Any]:
 
 
 def _check_base_model(path: Path, saved: str | None, expected: str | None) -> None:
-    if saved is not None and expected is not None and saved != expected:
+    """Refuse an adapter saved for another base model (ids equal, or the same folder however it was written)."""
+    same = saved == expected or (saved and expected and Path(saved).absolute() == Path(expected).absolute())
+    if saved is not None and expected is not None and not same:
         raise ValueError(
             f"adapter {path.name!r} was trained on base model {saved!r}, not {expected!r}; load it into that model"
         )

@@ -73,6 +73,16 @@ def test_refuses_a_different_base_model(kit, tmp_path):
     assert adapter_layers(target) == {}
 
 
+def test_a_base_folder_matches_however_its_path_is_written(kit, tmp_path, monkeypatch):
+    base = str(tmp_path / "runs" / "base")
+    model = trained(kit, linear_model(), LoRAConfig())
+    path = save_adapter(model, "style", tmp_path / "a.safetensors", base_model_id=base)
+    monkeypatch.chdir(tmp_path)
+    load_adapter(linear_model(), path, base_model_id="runs/base")  # relative to here: the same folder
+    with pytest.raises(ValueError, match="trained on base model"):
+        load_adapter(linear_model(), path, base_model_id="runs/other")
+
+
 def test_refuses_missing_targets_and_shape_mismatches(kit, tmp_path):
     path = save_adapter(trained(kit, linear_model(), LoRAConfig()), "style", tmp_path / "a.safetensors")
     renamed = nn.Sequential()
