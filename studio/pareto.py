@@ -27,6 +27,8 @@ from studio.sweep import check_per_prompt, generate_and_score
 
 DEFAULT_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 DEFAULT_LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: How the two students behind the merge slider are labelled in reports and plots.
+QUALITY, DIVERSITY = "quality student (β = 0)", "diversity student (β > 0)"
 
 
 @dataclass
@@ -133,7 +135,7 @@ def pareto_eval(
     out = check_output_dir(out)
     unguided = dict(students or {})
     if quality is not None:
-        unguided |= {"quality student (β = 0)": quality, "diversity student (β > 0)": diversity}
+        unguided |= {QUALITY: quality, DIVERSITY: diversity}
     template = GenerateRequest(
         modality=modality,
         prompts=["placeholder"],
@@ -219,7 +221,7 @@ def plot_series(points: list[ParetoPoint], base: str) -> dict[str, list[tuple[fl
             series[method] = line(group, lambda p, swept=swept: p.setting if swept else "")
     merges = sorted(groups.get("merge", []), key=lambda p: float(p.setting.removeprefix("λ=")))
     if merges:
-        quality, diversity = (groups.get(m, []) for m in ("quality student (β = 0)", "diversity student (β > 0)"))
+        quality, diversity = groups.get(QUALITY, []), groups.get(DIVERSITY, [])
         path = line(quality, lambda p: "λ=0") if len(quality) == 1 else []
         path += line(merges, lambda p: p.setting)
         path += line(diversity, lambda p: "λ=1") if len(diversity) == 1 else []
