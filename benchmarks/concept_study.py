@@ -39,7 +39,7 @@ from studio.pipelines.evaluation import generate_batch
 from studio.trainers.finetune import ConceptData, FinetuneConfig, FinetuneTrainer
 from studio.worlds import get_world
 from studio.worlds.base import to_tensor
-from studio.worlds.concept import CONCEPT_COLOUR, render_concept
+from studio.worlds.concept import CONCEPT_COLOUR, render_concept, write_concept
 
 INSTANCE, CLASS = "a sks shape", "a shape"
 CONCEPT_IMAGES = 8
@@ -68,13 +68,8 @@ def run_name(method: str, mult: float) -> str:
 
 def prepare(out: Path, class_samples: int) -> None:
     """The concept images and (through a zero-step run) the shared class samples, once."""
-    concept = out / "concept"
-    if not concept.is_dir():
-        tmp = out / ".concept-tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(render_concept(CONCEPT_IMAGES, seed=0)):
-            write_png(tmp / f"concept-{i:02d}.png", image)
-        tmp.rename(concept)
+    if not (out / "concept").is_dir():
+        write_concept(out / "concept", CONCEPT_IMAGES, seed=0)
     if len(list((out / "class_samples").glob("*.png"))) < class_samples:
         FinetuneTrainer(config(out, "lora", 1e-3, 1, class_samples, out / "prepare")).setup()
     (out / "prepared").touch()

@@ -143,17 +143,13 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def write_concept(args: argparse.Namespace) -> int:
-    from studio.io import atomic_dir, write_png
-    from studio.worlds.concept import render_concept
+    from studio.worlds.concept import write_concept as write_images
 
     if args.name != "shapes" or args.per_prompt is not None:
         raise ValueError("--concept renders a shapes concept: `mixstudio world shapes --concept` (no --per-prompt)")
-    images = render_concept(args.n, args.seed)
-    with atomic_dir(args.out) as tmp:
-        for i, image in enumerate(images):
-            write_png(tmp / f"concept-{i:02d}.png", image)
+    files = write_images(args.out, args.n, args.seed)
     print(
-        f"wrote {len(images)} concept images to {args.out}; teach them with "
+        f"wrote {len(files)} concept images to {args.out}; teach them with "
         f"`mixstudio train finetune --set data.dir={args.out}`"
     )
     return 0

@@ -203,7 +203,8 @@ def apply_pair_stages(
 
     GOFT (Ma et al. 2024, arXiv 2404.04316, Sec. 3, Givens product; qGOFT relaxes each 2x2 block). Stage ``G_l``
     is the identity except on its planes ``(i, j)``, where it acts on column vectors as the 2x2 matrix ``M``.
-    Each stage costs ``O(d)``; ``R`` is never built.
+    Each stage costs ``O(d)``; ``R`` is never built. Works for any disjoint planes; GOFT's own tree runs through
+    :func:`apply_givens_tree`, which is tested against this.
 
     Args:
         x: ``(..., d)``.

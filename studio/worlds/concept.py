@@ -8,6 +8,7 @@ measurable edit). ``mixstudio world shapes --concept --n 8 --out concept/`` writ
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -58,3 +59,19 @@ def render_concept(n: int, seed: int = 0) -> list[np.ndarray]:
         image = background + mask[..., None] * (colour - background)
         images.append(np.clip(np.rint(image), 0, 255).astype(np.uint8))
     return images
+
+
+def write_concept(out: str | Path, n: int, seed: int = 0) -> list[Path]:
+    """Write :func:`render_concept`'s images as ``out/concept-NN.png`` (the folder replaced atomically).
+
+    Returns:
+        The written files, in order.
+    """
+    from studio.io import atomic_dir, write_png
+
+    images = render_concept(n, seed)
+    names = [f"concept-{i:02d}.png" for i in range(n)]
+    with atomic_dir(out) as tmp:
+        for name, image in zip(names, images, strict=True):
+            write_png(tmp / name, image)
+    return [Path(out) / name for name in names]
