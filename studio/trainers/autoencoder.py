@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL
 from studio.config import to_dict
 from studio.io import atomic_dir, atomic_write_text, write_png
 from studio.models.unet import norm_groups
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.base import Trainer, TrainerConfig, sample_generator, training_hardware
 from studio.worlds import get_world, sample_seed
 from studio.worlds.base import to_array, to_tensor
 
@@ -93,13 +93,16 @@ class AutoencoderTrainer(Trainer):
         samples = [self.world.sample(sample_seed(data_seed, i)) for i in indices]
         return torch.stack([to_tensor(s.data) for s in samples]), samples
 
-    def train_step(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def load_batch(self, step: int, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """World images and their reparameterisation noise (per image, from the (seed, step, index) generators)."""
         x, _ = self.images(indices, self.config.data_seed)
-        # the reparameterisation noise comes per image from the (seed, step, index) generators
-        gens = [sample_generator(self.config.seed, self.step, i) for i in indices]
-        eps = torch.stack([torch.randn(self.latent_shape, generator=g) for g in gens])
-        recon, kl = self.model(x.to(self.accelerator.device), eps.to(self.accelerator.device))
-        l1 = (recon - x.to(recon.device)).abs().mean()
+        gens = [sample_generator(self.config.seed, step, i) for i in indices]
+        return x, torch.stack([torch.randn(self.latent_shape, generator=g) for g in gens])
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        x, eps = (t.to(self.accelerator.device) for t in batch)
+        recon, kl = self.model(x, eps)
+        l1 = (recon - x).abs().mean()
         return l1 + self.config.kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
 
     @torch.no_grad()
@@ -110,8 +113,8 @@ class AutoencoderTrainer(Trainer):
 
         model = self.vae.eval()
         x, samples = self.images(list(range(self.config.eval_samples)), self.config.data_seed + 1)
-        latents = torch.cat([model.encode(chunk).latent_dist.mean for chunk in x.split(64)])
-        recon = torch.cat([model.decode(chunk).sample for chunk in latents.split(64)]).clamp(-1, 1)
+        latents = torch.cat([model.encode(chunk.to(model.device)).latent_dist.mean for chunk in x.split(64)])
+        recon = torch.cat([model.decode(chunk).sample.cpu() for chunk in latents.split(64)]).clamp(-1, 1)
         mse = (recon - x).square().flatten(1).mean(1)
         metrics = {
             "psnr": float((10 * torch.log10(4 / mse)).mean()),  # peak-to-peak 2 on [-1, 1]
@@ -161,7 +164,7 @@ A diffusers `AutoencoderKL` ({sum(p.numel() for p in self.vae.parameters()):,} p
 
 - Made by: `{self.command or "mixstudio train vae-" + cfg.world}`
 - Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}); wall time {metrics["train_minutes"]:.1f} min
-  on {torch.get_num_threads()} CPU threads
+  on {training_hardware(self.accelerator.device)}
 - Held-out reconstructions ({cfg.eval_samples} renders): PSNR {metrics["psnr"]:.2f} dB; eval judge on the
   reconstructions: {judged or "not judged"}
 """

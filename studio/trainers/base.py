@@ -19,6 +19,7 @@ import math
 import shutil
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from studio.config import to_dict
@@ -58,6 +60,9 @@ class TrainerConfig:
         log_every: steps between CSV log rows.
         resume: continue from ``out/checkpoints/latest`` when it exists.
         max_minutes: wall-clock budget; the run checkpoints and stops when it is spent (None: no budget).
+        num_workers: data processes that prepare the next steps' batches (:meth:`Trainer.load_batch`) while
+            the model trains; 0 prepares each batch in the training process. Worth it where the model runs
+            on an accelerator and rendering world samples on one CPU core would starve it.
     """
 
     out: Path = Path("runs/run")
@@ -75,6 +80,7 @@ class TrainerConfig:
     log_every: int = 10
     resume: bool = True
     max_minutes: float | None = None
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -86,6 +92,8 @@ class TrainerConfig:
             raise ValueError("sample_every and lr_warmup_steps must be >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive or none, got {self.grad_clip}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive or none, got {self.max_minutes}")
 
@@ -94,6 +102,14 @@ def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
     """The generator of one sample's random draws at one step (independent of process layout)."""
     state = np.random.SeedSequence([seed, step, index]).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def training_hardware(device: torch.device) -> str:
+    """What a run trained on, for model cards: ``1 NVIDIA H100 80GB HBM3`` or ``2 CPU threads``."""
+    if device.type == "cuda":
+        return f"1 {torch.cuda.get_device_name(device)}"
+    threads = torch.get_num_threads()
+    return f"{threads} CPU thread{'s' if threads > 1 else ''}"
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -132,8 +148,16 @@ class Trainer(ABC):
         """Create the model(s), ``self.model`` (trainable) and ``self.optimizer``."""
 
     @abstractmethod
-    def train_step(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss on this process's samples ``indices`` of the current step, and metrics to log."""
+    def train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss on this process's batch of the current step (what :meth:`load_batch` returned), and metrics."""
+
+    def load_batch(self, step: int, indices: list[int]) -> Any:
+        """The model-free work of one step: this process's samples ``indices`` at ``step``.
+
+        Runs in a data process when ``num_workers > 0``, so it must not touch the model, the optimizer or
+        ``self.step`` (it is given ``step``). The default hands the indices to :meth:`train_step` as they are.
+        """
+        return indices
 
     def evaluate(self) -> dict[str, float]:
         """Sampling/metrics during training (default: none). Called on the main process."""
@@ -158,6 +182,20 @@ class Trainer(ABC):
         start = step * self.config.batch_size + rank * per
         return list(range(start, start + per))
 
+    def batches(self) -> Iterator[Any]:
+        """This process's batches from the current step to ``max_steps``, prepared ahead by data processes."""
+        steps = range(self.step, self.config.max_steps)
+        if self.config.num_workers == 0:
+            return (self.load_batch(step, self.local_indices(step)) for step in steps)
+        loader = DataLoader(
+            _StepBatches(self, steps),
+            batch_size=None,  # an item is already one step's batch
+            collate_fn=_as_is,
+            num_workers=self.config.num_workers,
+            prefetch_factor=4,
+        )
+        return iter(loader)
+
     def setup(self) -> None:
         """Build, wrap with accelerate, and resume if asked."""
         torch.manual_seed(self.config.seed)
@@ -181,12 +219,14 @@ class Trainer(ABC):
             unit="step",
             disable=not self.accelerator.is_main_process,
         )
+        batches = self.batches()
         while self.step < self.config.max_steps:
-            metrics = self.optimizer_step()
+            metrics = self.optimizer_step(next(batches))
             bar.update()
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:3]})
             if self.step % self.config.log_every == 0:
-                self.log({"step": self.step, "lr": self.lr_scheduler.get_last_lr()[0], **metrics})
+                elapsed = round(time.time() - start, 2)
+                self.log({"step": self.step, "seconds": elapsed, "lr": self.lr_scheduler.get_last_lr()[0], **metrics})
             out_of_time = self.config.max_minutes is not None and time.time() - start > 60 * self.config.max_minutes
             if self.step % self.config.checkpoint_every == 0 or out_of_time:
                 self.save_checkpoint()
@@ -206,9 +246,12 @@ class Trainer(ABC):
             self.export(metrics)
         return metrics
 
-    def optimizer_step(self) -> dict[str, float]:
+    def optimizer_step(self, batch: Any = None) -> dict[str, float]:
+        """One update on ``batch`` (by default this process's batch of the current step, loaded here)."""
+        if batch is None:
+            batch = self.load_batch(self.step, self.local_indices(self.step))
         self.model.train()
-        loss, metrics = self.train_step(self.local_indices(self.step))
+        loss, metrics = self.train_step(batch)
         self.accelerator.backward(loss)
         if self.config.grad_clip is not None:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -291,3 +334,21 @@ class Trainer(ABC):
         self.lr_scheduler.load_state_dict(opt["lr_scheduler"])
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", path, self.step)
+
+
+class _StepBatches(Dataset):
+    """Item ``k``: the trainer's batch at the ``k``-th of ``steps`` (what a data process prepares)."""
+
+    def __init__(self, trainer: Trainer, steps: range):
+        self.trainer, self.steps = trainer, steps
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, k: int) -> Any:
+        step = self.steps[k]
+        return self.trainer.load_batch(step, self.trainer.local_indices(step))
+
+
+def _as_is(batch: Any) -> Any:
+    return batch

@@ -21,7 +21,7 @@ from studio.guidance import apply_condition_dropout
 from studio.io import atomic_dir, atomic_write_text, write_png
 from studio.models.text import encode_text, load_packaged_text_encoder
 from studio.models.unet import build_unet
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.base import Trainer, TrainerConfig, sample_generator, training_hardware
 from studio.trainers.ema import EMA
 from studio.worlds import get_world, sample_seed
 from studio.worlds.base import to_tensor
@@ -96,6 +96,7 @@ class PretrainTrainer(Trainer):
         self.codec = self.build_codec()
         self.vae = self.load_vae()
         sample = self.encode_data([0])
+        self.model_shape = tuple(sample.shape[1:])
         in_channels, size = sample.shape[1], tuple(sample.shape[2:])
         self.text_encoder, self.tokenizer = load_packaged_text_encoder(cfg.text_encoder)
         self.model = build_unet(
@@ -115,7 +116,11 @@ class PretrainTrainer(Trainer):
         )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
-        self.null_embeds, self.null_mask = encode_text(self.text_encoder, self.tokenizer, [""], torch.device("cpu"))
+        device = self.accelerator.device
+        for frozen in (self.text_encoder, self.vae, self.codec):
+            if frozen is not None:
+                frozen.to(device)
+        self.null_embeds, self.null_mask = encode_text(self.text_encoder, self.tokenizer, [""], device)
 
     def build_codec(self) -> torch.nn.Module | None:
         if self.world.modality == "image":
@@ -150,16 +155,25 @@ class PretrainTrainer(Trainer):
     def world_sample(self, index: int):
         return self.world.sample(sample_seed(self.config.data_seed, index))
 
-    def train_step(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg, device = self.config, self.accelerator.device
+    def load_batch(self, step: int, indices: list[int]) -> dict:
+        """World samples and every per-sample draw of ``step`` (noise, timestep, condition dropout)."""
+        cfg = self.config
         samples = [self.world_sample(i) for i in indices]
-        x0 = self.to_model_space(torch.stack([to_tensor(s.data) for s in samples])).to(device)
-        gens = [sample_generator(cfg.seed, self.step, i) for i in indices]
-        noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(device)
-        t = torch.stack([torch.randint(0, cfg.num_train_timesteps, (), generator=g) for g in gens]).to(device)
-        drop = torch.stack([torch.rand((), generator=g) < cfg.condition_dropout for g in gens])
-        embeds, mask = encode_text(self.text_encoder, self.tokenizer, [s.caption for s in samples], device)
-        embeds, mask = apply_condition_dropout(embeds, self.null_embeds, drop, mask, self.null_mask)
+        gens = [sample_generator(cfg.seed, step, i) for i in indices]
+        return {
+            "data": torch.stack([to_tensor(s.data) for s in samples]),
+            "captions": [s.caption for s in samples],
+            "noise": torch.stack([torch.randn(self.model_shape, generator=g) for g in gens]),
+            "t": torch.stack([torch.randint(0, cfg.num_train_timesteps, (), generator=g) for g in gens]),
+            "drop": torch.stack([torch.rand((), generator=g) < cfg.condition_dropout for g in gens]),
+        }
+
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, device = self.config, self.accelerator.device
+        x0 = self.to_model_space(batch["data"].to(device))
+        noise, t = batch["noise"].to(device), batch["t"].to(device)
+        embeds, mask = encode_text(self.text_encoder, self.tokenizer, batch["captions"], device)
+        embeds, mask = apply_condition_dropout(embeds, self.null_embeds, batch["drop"], mask, self.null_mask)
 
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         target = noise if cfg.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, noise, t)
@@ -247,10 +261,12 @@ class PretrainTrainer(Trainer):
         return targets[-1]
 
     def model_card(self, metrics: dict[str, float], params: int) -> str:
-        return model_card(self.config, metrics, params, self.command)
+        return model_card(self.config, metrics, params, self.command, training_hardware(self.accelerator.device))
 
 
-def model_card(config: PretrainConfig, metrics: dict[str, float], params: int, command: str = "") -> str:
+def model_card(
+    config: PretrainConfig, metrics: dict[str, float], params: int, command: str = "", hardware: str = ""
+) -> str:
     """The README of an exported base model: architecture, the command that made it, steps and wall time."""
     cfg = config
     if cfg.world == "shapes" and cfg.vae is not None:
@@ -262,7 +278,6 @@ def model_card(config: PretrainConfig, metrics: dict[str, float], params: int, c
     target = "v-prediction" if cfg.prediction_type == "v_prediction" else "epsilon-prediction"
     weighting = f"min-SNR gamma={cfg.snr_gamma}" if cfg.snr_gamma else "plain MSE"
     pooled = ", plus an attention-pooled prompt embedding added to the timestep embedding" if cfg.pooled_text else ""
-    threads = torch.get_num_threads()
     return f"""# Embedded base model `{cfg.world}`
 
 Text-to-{"image" if cfg.world == "shapes" else "music"} diffusion trained from scratch on the `{cfg.world}` world:
@@ -274,7 +289,7 @@ classifier-free guidance, EMA {cfg.ema_decay}.
 
 - Made by: `{command or "mixstudio train pretrain-" + cfg.world}`
 - Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}, warm-up {cfg.lr_warmup_steps}, seed {cfg.seed})
-- Wall time: {metrics["train_minutes"]:.1f} min on {threads} CPU thread{"s" if threads > 1 else ""}
+- Wall time: {metrics["train_minutes"]:.1f} min on {hardware or training_hardware(torch.device("cpu"))}
 - Eval-judge adherence of the final sample grid ({cfg.sample_prompts} held-out prompts x 2, guidance 4, 25 DDIM
   steps): {metrics.get("sample_adherence", float("nan")):.3f}
 

@@ -45,7 +45,7 @@ def test_training_lowers_the_reconstruction_loss_with_gradients_in_the_autoencod
         trainer.step = 0  # the same batch and noise again
         last = trainer.optimizer_step()["l1"]
     assert last < 0.8 * first
-    loss, _ = trainer.train_step([0, 1])
+    loss, _ = trainer.train_step(trainer.load_batch(0, [0, 1]))
     loss.backward()
     assert all(
         p.grad is not None and torch.isfinite(p.grad).all() for p in trainer.vae.parameters() if p.requires_grad

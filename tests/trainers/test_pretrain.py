@@ -53,6 +53,17 @@ def test_resume_replays_exactly(tmp_path):
         torch.testing.assert_close(v, resumed.ema.shadow[k], rtol=1e-6, atol=1e-7)
 
 
+def test_data_processes_prepare_the_same_batches(tmp_path):
+    """num_workers only moves load_batch into other processes: the run is the same to the last bit."""
+    trained = {}
+    for workers in (0, 2):
+        trainer = PretrainTrainer(tiny_config(tmp_path / f"w{workers}", world="synth", num_workers=workers))
+        trainer.fit()
+        trained[workers] = weights(trainer)
+    for k, v in trained[0].items():
+        torch.testing.assert_close(trained[2][k], v, rtol=0, atol=0, msg=k)
+
+
 def test_checkpoint_is_atomic_and_pruned(tmp_path):
     trainer = PretrainTrainer(tiny_config(tmp_path, keep_checkpoints=2))
     trainer.setup()
