@@ -24,6 +24,8 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
         for k, v in model.state_dict().items():
+            if self.shadow[k].device != v.device:  # the model moved (to an accelerator) after the EMA was made
+                self.shadow[k] = self.shadow[k].to(v.device)
             if v.dtype.is_floating_point:
                 self.shadow[k].lerp_(v.detach().float(), 1 - d)
             else:
