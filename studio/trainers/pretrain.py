@@ -53,6 +53,8 @@ class PretrainConfig(TrainerConfig):
         ema_decay: EMA decay of the exported weights, or None to export the raw weights.
         sample_prompts: how many held-out prompts the sample grid shows during training.
         export: also write the final pipeline here (e.g. ``assets/models/shapes``).
+        init: start from the UNet of this pipeline folder or embedded model (continued pretraining; the
+            architecture fields must match it). The optimizer and the EMA start afresh, from its weights.
     """
 
     world: Literal["shapes", "synth"] = "shapes"
@@ -72,6 +74,7 @@ class PretrainConfig(TrainerConfig):
     ema_decay: float | None = 0.999
     sample_prompts: int = 8
     export: Path | None = None
+    init: Path | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,6 +111,8 @@ class PretrainTrainer(Trainer):
             pooled_text=cfg.pooled_text,
             cross_attention_dim=self.text_encoder.config.hidden_size,
         )
+        if cfg.init is not None:
+            load_unet_weights(self.model, cfg.init)
         self.noise_scheduler = DDPMScheduler(
             prediction_type=cfg.prediction_type,
             num_train_timesteps=cfg.num_train_timesteps,
@@ -264,6 +269,31 @@ class PretrainTrainer(Trainer):
         return model_card(self.config, metrics, params, self.command, training_hardware(self.accelerator.device))
 
 
+def load_unet_weights(unet: torch.nn.Module, source: Path | str) -> None:
+    """Load the UNet weights of a pipeline folder (or embedded model name) into ``unet``, in its dtype.
+
+    Raises:
+        ValueError: when ``source`` holds no UNet weights or a UNet of another architecture.
+    """
+    from safetensors.torch import load_file
+
+    from studio.models.zoo import model_dir
+
+    folder = Path(source)
+    if not folder.is_dir():
+        folder = model_dir(str(source))
+    files = sorted((folder / "unet").glob("diffusion_pytorch_model*.safetensors"))
+    if not files:
+        raise ValueError(f"init {str(source)!r} has no unet/*.safetensors; give a pipeline folder or an embedded name")
+    try:
+        unet.load_state_dict(load_file(files[0]))
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ValueError(
+            f"init {str(source)!r} is a UNet of another architecture ({first}); match its fields"
+        ) from None
+
+
 def model_card(
     config: PretrainConfig, metrics: dict[str, float], params: int, command: str = "", hardware: str = ""
 ) -> str:
@@ -277,6 +307,7 @@ def model_card(
         space = f"80-bin log-mel spectrograms (hop {cfg.mel_hop_length}, Griffin-Lim vocoder)"
     target = "v-prediction" if cfg.prediction_type == "v_prediction" else "epsilon-prediction"
     weighting = f"min-SNR gamma={cfg.snr_gamma}" if cfg.snr_gamma else "plain MSE"
+    continued = f"- Continued from the UNet of `{cfg.init}` (fresh optimizer and EMA)\n" if cfg.init else ""
     pooled = ", plus an attention-pooled prompt embedding added to the timestep embedding" if cfg.pooled_text else ""
     return f"""# Embedded base model `{cfg.world}`
 
@@ -288,7 +319,8 @@ DDPM {target} ({cfg.beta_schedule} schedule, {weighting}), {cfg.condition_dropou
 classifier-free guidance, EMA {cfg.ema_decay}.
 
 - Made by: `{command or "mixstudio train pretrain-" + cfg.world}`
-- Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}, warm-up {cfg.lr_warmup_steps}, seed {cfg.seed})
+{continued}- Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}, warm-up {cfg.lr_warmup_steps}, \
+seed {cfg.seed})
 - Wall time: {metrics["train_minutes"]:.1f} min on {hardware or training_hardware(torch.device("cpu"))}
 - Eval-judge adherence of the final sample grid ({cfg.sample_prompts} held-out prompts x 2, guidance 4, 25 DDIM
   steps): {metrics.get("sample_adherence", float("nan")):.3f}

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from studio.trainers.pretrain import PretrainConfig, PretrainTrainer
 
@@ -62,6 +63,21 @@ def test_data_processes_prepare_the_same_batches(tmp_path):
         trained[workers] = weights(trainer)
     for k, v in trained[0].items():
         torch.testing.assert_close(trained[2][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_init_continues_from_a_pipelines_unet_and_refuses_another_architecture(tmp_path):
+    first = PretrainTrainer(tiny_config(tmp_path / "a"))
+    first.fit()
+    exported = load_file(tmp_path / "a" / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+    second = PretrainTrainer(tiny_config(tmp_path / "b", init=tmp_path / "a" / "model"))
+    second.setup()
+    for k, v in weights(second).items():
+        torch.testing.assert_close(v, exported[k], rtol=0, atol=0, msg=k)
+    assert "Continued from the UNet of" in second.model_card({"steps": 0, "train_minutes": 0.0}, 1)
+    with pytest.raises(ValueError, match="another architecture"):
+        PretrainTrainer(tiny_config(tmp_path / "c", channels=(16, 24), init=tmp_path / "a" / "model")).setup()
+    with pytest.raises(ValueError, match="no unet"):
+        PretrainTrainer(tiny_config(tmp_path / "d", init=tmp_path)).setup()
 
 
 def test_checkpoint_is_atomic_and_pruned(tmp_path):
