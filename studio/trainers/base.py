@@ -183,7 +183,7 @@ class Trainer(ABC):
         return list(range(start, start + per))
 
     def batches(self) -> Iterator[Any]:
-        """This process's batches from the current step to ``max_steps``, prepared ahead by data processes."""
+        """This process's batches from the current step to ``max_steps`` (prepared ahead when ``num_workers > 0``)."""
         steps = range(self.step, self.config.max_steps)
         if self.config.num_workers == 0:
             return (self.load_batch(step, self.local_indices(step)) for step in steps)

@@ -43,7 +43,7 @@ from studio.models.text import encode_text
 from studio.models.unet import with_guidance_input
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler, gaussian_log_prob
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.base import Trainer, TrainerConfig, sample_generator, training_hardware
 from studio.trainers.rewards import JudgeEmbedder, pair_diversity
 from studio.worlds import get_world, sample_seed
 from studio.worlds.base import to_tensor
@@ -351,7 +351,7 @@ class CFGDistillTrainer(Trainer):
 
 - Made by: `{self.command or "mixstudio train cfg-distill-" + str(cfg.world)}`
 - Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}, seed {cfg.seed})
-- Wall time: {metrics["train_minutes"]:.1f} min on {torch.get_num_threads()} CPU threads
+- Wall time: {metrics["train_minutes"]:.1f} min on {training_hardware(self.accelerator.device)}
 - Eval-judge adherence of the student's final sample grid ({cfg.sample_prompts} held-out prompts x 2, 25 DDIM
   steps): {metrics.get("sample_adherence", float("nan")):.3f}
 

@@ -277,10 +277,12 @@ def load_unet_weights(unet: torch.nn.Module, source: Path | str) -> None:
     """
     from safetensors.torch import load_file
 
-    from studio.models.zoo import model_dir
+    from studio.models.zoo import EMBEDDED, model_dir
 
     folder = Path(source)
     if not folder.is_dir():
+        if str(source) not in EMBEDDED:
+            raise ValueError(f"init {str(source)!r} is neither a pipeline folder nor an embedded model name")
         folder = model_dir(str(source))
     files = sorted((folder / "unet").glob("diffusion_pytorch_model*.safetensors"))
     if not files:

@@ -78,6 +78,8 @@ def test_init_continues_from_a_pipelines_unet_and_refuses_another_architecture(t
         PretrainTrainer(tiny_config(tmp_path / "c", channels=(16, 24), init=tmp_path / "a" / "model")).setup()
     with pytest.raises(ValueError, match="no unet"):
         PretrainTrainer(tiny_config(tmp_path / "d", init=tmp_path)).setup()
+    with pytest.raises(ValueError, match="neither a pipeline folder nor an embedded model"):
+        PretrainTrainer(tiny_config(tmp_path / "e", init=tmp_path / "missing")).setup()
 
 
 def test_checkpoint_is_atomic_and_pruned(tmp_path):
