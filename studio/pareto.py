@@ -203,7 +203,8 @@ def plot_series(points: list[ParetoPoint], base: str) -> dict[str, list[tuple[fl
     """``(diversity, adherence, label)`` lines: the CFG curve, each student, and the merge slider's path.
 
     The merge line runs from the quality student through the merges (by λ) to the diversity student, so the
-    plot shows the path the slider walks; a student sampled at one ``w`` is a single point.
+    plot shows the path the slider walks; a student sampled at one ``w`` is a single point, drawn after the
+    slider's line so that its marker stays visible on the line's ends.
     """
     groups: dict[str, list[ParetoPoint]] = {}
     for p in points:
@@ -212,13 +213,7 @@ def plot_series(points: list[ParetoPoint], base: str) -> dict[str, list[tuple[fl
     def line(group: list[ParetoPoint], label) -> list[tuple[float, float, str]]:
         return [(p.diversity, p.adherence, label(p)) for p in group]
 
-    series = {}
-    for method, group in groups.items():
-        if method == "CFG":
-            series[f"{base} + CFG"] = line(group, lambda p: p.setting)
-        elif method != "merge":
-            swept = len(group) > 1
-            series[method] = line(group, lambda p, swept=swept: p.setting if swept else "")
+    series = {f"{base} + CFG": line(groups["CFG"], lambda p: p.setting)} if "CFG" in groups else {}
     merges = sorted(groups.get("merge", []), key=lambda p: float(p.setting.removeprefix("λ=")))
     if merges:
         quality, diversity = groups.get(QUALITY, []), groups.get(DIVERSITY, [])
@@ -226,4 +221,8 @@ def plot_series(points: list[ParetoPoint], base: str) -> dict[str, list[tuple[fl
         path += line(merges, lambda p: p.setting)
         path += line(diversity, lambda p: "λ=1") if len(diversity) == 1 else []
         series["merges (slider)"] = path
+    for method, group in groups.items():
+        if method not in ("CFG", "merge"):
+            swept = len(group) > 1
+            series[method] = line(group, lambda p, swept=swept: p.setting if swept else "")
     return series

@@ -108,6 +108,7 @@ def test_the_plot_walks_the_merge_slider_from_the_quality_to_the_diversity_stude
         point("merge", "λ=0.75", 0.18, 0.20), point("merge", "λ=0.25", 0.16, 0.21),
     ]  # fmt: skip
     series = plot_series(points, "shapes")
+    assert list(series)[:2] == ["shapes + CFG", "merges (slider)"]  # students are drawn over the slider's ends
     assert series["shapes + CFG"] == [(0.20, 0.10, "w=1"), (0.17, 0.14, "w=4")]
     assert series["quality student (β = 0)"] == [(0.15, 0.22, "")]
     assert [label for _, _, label in series["merges (slider)"]] == ["λ=0", "λ=0.25", "λ=0.75", "λ=1"]
