@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from studio.guidance import DEFAULT_GUIDANCE
 from studio.io import atomic_dir, check_output_dir, write_png, write_wav
 from studio.manifest import Manifest, ManifestItem, write_manifest
 from studio.models.zoo import EMBEDDED
@@ -45,7 +46,7 @@ class GenerateRequest:
     model: str = ""
     negative_prompt: str | None = None
     steps: int = 25
-    guidance: float = 4.0
+    guidance: float = DEFAULT_GUIDANCE
     seed: int = 0
     scheduler: str | None = None
     audio_length_in_s: float | None = None

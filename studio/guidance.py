@@ -11,6 +11,10 @@ import math
 
 import torch
 
+#: The scale the CLI, the app and the pipelines use when none is given. The shipped base models are best at
+#: 1.5-2 (eval-judge adherence, Fréchet distance; docs/BASE_MODELS.md) and oversaturate above it.
+DEFAULT_GUIDANCE = 2.0
+
 
 def check_guidance_scale(guidance_scale: float) -> float:
     """Validate a guidance scale (finite, ``>= 0``).

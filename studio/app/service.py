@@ -49,6 +49,7 @@ from studio.app.training import TrainingJob, TrainingStatus, train_argv
 from studio.app.uploads import MAX_UPLOAD_BYTES, import_pipeline_zip
 from studio.config import apply_overrides
 from studio.generate import GenerateRequest, write_generated
+from studio.guidance import DEFAULT_GUIDANCE
 from studio.io import atomic_dir, atomic_write_text
 from studio.merging import LiveMerge, adapted_pipeline, applied_adapters
 from studio.models.zoo import slider_pairs
@@ -192,7 +193,7 @@ class Studio:
         *,
         negative_prompt: str | None = None,
         steps: int = 25,
-        guidance: float = 4.0,
+        guidance: float = DEFAULT_GUIDANCE,
         seed: int = 0,
         count: int = 1,
         scheduler: str | None = None,
@@ -223,7 +224,7 @@ class Studio:
         *,
         negative_prompt: str | None = None,
         steps: int = 25,
-        guidance: float = 4.0,
+        guidance: float = DEFAULT_GUIDANCE,
         seed: int = 0,
         count: int = 1,
         length_s: float | None = None,
@@ -299,7 +300,7 @@ class Studio:
         prompt: str,
         seed: int = 0,
         steps: int = 25,
-        guidance: float = 4.0,
+        guidance: float = DEFAULT_GUIDANCE,
         normalize: bool = True,
     ) -> MergePreview:
         """Merge the UNets of ``models`` with ``weights`` in memory and sample one fixed-seed preview.

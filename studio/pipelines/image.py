@@ -9,6 +9,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
+from studio.guidance import DEFAULT_GUIDANCE
 from studio.pipelines.base import StepCallback, StudioDiffusionPipeline
 
 
@@ -97,7 +98,7 @@ class StudioImagePipeline(StudioDiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 25,
-        guidance_scale: float = 4.0,
+        guidance_scale: float = DEFAULT_GUIDANCE,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,

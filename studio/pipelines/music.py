@@ -10,6 +10,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.utils import BaseOutput
 
+from studio.guidance import DEFAULT_GUIDANCE
 from studio.models.audio import MelCodec
 from studio.pipelines.base import StepCallback, StudioDiffusionPipeline
 
@@ -108,7 +109,7 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         audio_length_in_s: float | None = None,
         num_inference_steps: int = 25,
-        guidance_scale: float = 4.0,
+        guidance_scale: float = DEFAULT_GUIDANCE,
         num_waveforms_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,

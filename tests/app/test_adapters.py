@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from studio.adapters import DEFAULT_TARGETS, LoRAConfig, OFTConfig, adapter_layers, add_adapter, save_adapter
 from studio.app.handlers import NO_ADAPTER, Handlers
 from studio.app.service import Studio
+from studio.guidance import DEFAULT_GUIDANCE
 from studio.io import read_image
 from studio.merging import adapted_pipeline, merge_state_dicts
 from studio.pipelines import load_pipeline
@@ -67,7 +68,7 @@ def test_generate_with_an_adapter_applies_it_at_its_strength_and_leaves_the_cach
     image = read_image(on.files[0])
     assert np.abs(image.astype(int) - plain).max() > 8
     baked = adapted_pipeline(load_pipeline(studio.runs_dir / "a"), [(studio.runs_dir / lora[5:], 1.5)])
-    direct = generate_batch(baked, ["a red circle"], [3], num_inference_steps=2, guidance_scale=4.0)[0]
+    direct = generate_batch(baked, ["a red circle"], [3], num_inference_steps=2, guidance_scale=DEFAULT_GUIDANCE)[0]
     assert np.abs(image.astype(int) - direct).max() <= 1
     assert adapter_layers(studio.models.pipeline("runs/a").unet) == {}  # removed after sampling
     meta = json.loads(on.manifest.read_text())["meta"]
@@ -98,7 +99,7 @@ def test_merging_additive_adapters_is_the_weight_space_merge_of_the_adapted_mode
     base = load_pipeline(runs / "a")
     adapted = [adapted_pipeline(base, [(runs / name[5:], 1.0)]).unet.state_dict() for name in pair]
     base.unet.load_state_dict(merge_state_dicts(adapted, [0.3, 0.7]))  # 0.3·(W + ΔW₁) + 0.7·(W + ΔW₂)
-    direct = generate_batch(base, ["a red circle"], [3], num_inference_steps=2, guidance_scale=4.0)[0]
+    direct = generate_batch(base, ["a red circle"], [3], num_inference_steps=2, guidance_scale=DEFAULT_GUIDANCE)[0]
     assert np.abs(preview.image.astype(int) - direct).max() <= 1
     one = studio.merge_preview(pair, [1.0, 0.0], normalize=False, **SETTINGS)
     alone = studio.generate_image("runs/a", "a red circle", steps=2, seed=3, adapter=pair[0])
@@ -167,8 +168,9 @@ def test_handlers_offer_adapters_in_the_pickers_and_pass_the_strength(studio):
         "runs/a", "a red circle", "", 2, 4.0, 3, 1, "saved", "runs/ft-lora/adapter.safetensors", 1.5
     )
     direct = studio.generate_image(
-        "runs/a", "a red circle", steps=2, seed=3, adapter="runs/ft-lora/adapter.safetensors", adapter_scale=1.5
-    )
+        "runs/a", "a red circle", steps=2, guidance=4.0, seed=3, adapter="runs/ft-lora/adapter.safetensors",
+        adapter_scale=1.5,
+    )  # fmt: skip
     np.testing.assert_array_equal(read_image(gallery[0][0]), read_image(direct.files[0]))
     image, _, line = h.merge_preview(
         2, "a red circle", 3, 2, 4.0, False, "runs/ft-lora/adapter.safetensors", "runs/ft-oft/adapter.safetensors",
