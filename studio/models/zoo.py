@@ -54,8 +54,13 @@ class EmbeddedModel:
 
 #: Every shipped model by name.
 EMBEDDED: dict[str, EmbeddedModel] = {
-    "shapes": EmbeddedModel("image", "shapes", "mixstudio train pretrain-shapes"),
-    "synth": EmbeddedModel("audio", "synth", "mixstudio train pretrain-synth"),
+    "shapes": EmbeddedModel(
+        "image",
+        "shapes",
+        "mixstudio train pretrain-shapes-gpu && "
+        "mixstudio train pretrain-shapes-gpu-continue --set export=assets/models/shapes",
+    ),
+    "synth": EmbeddedModel("audio", "synth", "mixstudio train pretrain-synth-gpu --set export=assets/models/synth"),
     "shapes-quality": EmbeddedModel(
         "image", "shapes", "mixstudio train cfg-distill-shapes --set export=assets/models/shapes-quality", "quality"
     ),
