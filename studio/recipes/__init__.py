@@ -110,7 +110,7 @@ def _on_one_gpu(config: PretrainConfig, name: str, **changes: Any) -> PretrainCo
 
 
 def pretrain_shapes_gpu() -> PretrainConfig:
-    """The shipped ``shapes`` base, stage 1 of 2: the one-hour CPU architecture at 35x the samples (one GPU)."""
+    """The shipped ``shapes`` base, stage 1 of 2: the one-hour CPU architecture at 31x the samples (one GPU)."""
     # On an H100 beside pretrain-synth-gpu: 3.9 steps/s with 5 data processes (`--set num_workers=5`); the
     # UNet is too small to fill the GPU, so per-step overhead, not arithmetic, sets the pace. On this 2-core
     # CPU a batch-512 step would take ~80 s. A latent model (vae-shapes at channels 32-64-128, 1500 steps:
