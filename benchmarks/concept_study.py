@@ -9,8 +9,8 @@ finished run is skipped, so an interrupted study resumes):
 
 The concept is ``studio.worlds.concept``'s orange crescent (8 images, identifier prompt "a sks shape", class
 prompt "a shape" with base-model prior-preservation samples shared by every run). Each run trains one adapter
-for ``--steps`` steps at ``lr = base_lr × mult`` and is then scored with the *eval* judge, sampling at guidance 4
-with 25 DDIM steps on fixed seeds:
+for ``--steps`` steps at ``lr = base_lr × mult`` and is then scored with the *eval* judge, sampling at ``--guidance``
+(default 2, the base model's best scale; the class samples use it too) with 25 DDIM steps on fixed seeds:
 
 - fidelity: mean cosine similarity of eval-judge embeddings between samples of "a sks shape" and the concept
   images (the base model before training gives the floor; fresh renders of the concept give the ceiling);
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from studio.adapters import METHODS
+from studio.guidance import DEFAULT_GUIDANCE
 from studio.io import atomic_write_text, read_image, write_png
 from studio.judges import load_judge
 from studio.judges.metrics import prompt_adherence
@@ -56,7 +57,7 @@ EDITS = (
     ("a sks shape at the bottom right", {"position": "bottom right"}),
 )
 EDIT_SEEDS = 2
-SAMPLING = {"guidance_scale": 4.0, "num_inference_steps": 25}
+STEPS = 25
 MULTIPLIERS = (0.1, 0.3, 1.0, 3.0, 10.0)
 #: Options beyond each method's defaults (DiffuseKronA has no default factor sizes).
 METHOD_OPTIONS: dict[str, dict] = {"diffusekrona": {"a1": 4, "a2": 4}}
@@ -66,16 +67,18 @@ def run_name(method: str, mult: float) -> str:
     return f"{method}-x{mult:g}"
 
 
-def prepare(out: Path, class_samples: int) -> None:
+def prepare(out: Path, class_samples: int, guidance: float) -> None:
     """The concept images and (through a zero-step run) the shared class samples, once."""
     if not (out / "concept").is_dir():
         write_concept(out / "concept", CONCEPT_IMAGES, seed=0)
     if len(list((out / "class_samples").glob("*.png"))) < class_samples:
-        FinetuneTrainer(config(out, "lora", 1e-3, 1, class_samples, out / "prepare")).setup()
+        FinetuneTrainer(config(out, "lora", 1e-3, 1, class_samples, out / "prepare", guidance)).setup()
     (out / "prepared").touch()
 
 
-def config(out: Path, method: str, lr: float, steps: int, class_samples: int, folder: Path) -> FinetuneConfig:
+def config(
+    out: Path, method: str, lr: float, steps: int, class_samples: int, folder: Path, guidance: float
+) -> FinetuneConfig:
     return FinetuneConfig(
         base="shapes",
         out=folder,
@@ -83,6 +86,7 @@ def config(out: Path, method: str, lr: float, steps: int, class_samples: int, fo
         adapter={"method": method, **METHOD_OPTIONS.get(method, {})},
         class_samples=class_samples,
         class_dir=out / "class_samples",
+        class_guidance=guidance,
         max_steps=steps,
         batch_size=4,
         lr=lr,
@@ -93,7 +97,7 @@ def config(out: Path, method: str, lr: float, steps: int, class_samples: int, fo
     )
 
 
-def score(pipe, seed: int = 0) -> tuple[dict[str, float], list[np.ndarray]]:
+def score(pipe, guidance: float, seed: int = 0) -> tuple[dict[str, float], list[np.ndarray]]:
     """Fidelity, editability and prior preservation of ``pipe``; also the samples shown in the grid."""
     world = get_world("shapes")
     judge = load_judge("shapes", "eval")
@@ -101,9 +105,10 @@ def score(pipe, seed: int = 0) -> tuple[dict[str, float], list[np.ndarray]]:
 
     texts = [INSTANCE] * FIDELITY_SAMPLES + [t for t, _ in EDITS for _ in range(EDIT_SEEDS)]
     seeds = [seed + i for i in range(len(texts))]
-    samples = generate_batch(pipe, texts, seeds, **SAMPLING)
+    sampling = {"guidance_scale": guidance, "num_inference_steps": STEPS}
+    samples = generate_batch(pipe, texts, seeds, **sampling)
     held_out = world.eval_prompts()
-    prior_samples = generate_batch(pipe, [p.text for p in held_out], [seed + 500 + i for i in range(48)], **SAMPLING)
+    prior_samples = generate_batch(pipe, [p.text for p in held_out], [seed + 500 + i for i in range(48)], **sampling)
 
     with torch.no_grad():
         _, concept_emb = judge.predict(concept)
@@ -138,11 +143,13 @@ def pooled(adherence) -> float:
     return hits / sum(adherence.counts.values())
 
 
-def run_one(out: Path, method: str, mult: float, base_lr: float, steps: int, class_samples: int) -> None:
+def run_one(
+    out: Path, method: str, mult: float, base_lr: float, steps: int, class_samples: int, guidance: float
+) -> None:
     folder = out / "runs" / run_name(method, mult)
     if (folder / "result.json").is_file():
         return
-    cfg = config(out, method, base_lr * mult, steps, class_samples, folder)
+    cfg = config(out, method, base_lr * mult, steps, class_samples, folder, guidance)
     trainer = FinetuneTrainer(cfg, command=f"benchmarks/concept_study.py ({run_name(method, mult)})")
     start = time.perf_counter()
     train = trainer.fit()
@@ -150,17 +157,17 @@ def run_one(out: Path, method: str, mult: float, base_lr: float, steps: int, cla
     params = sum(p.numel() for p in trainer.pipe.unet.parameters() if p.requires_grad)
     trainer.pipe.unet.eval()
     with torch.no_grad():
-        metrics, shown = score(trainer.pipe)
+        metrics, shown = score(trainer.pipe, guidance)
     write_png(folder / "shown.png", np.concatenate(shown, axis=1))
     result = {
         "method": method, "mult": mult, "lr": base_lr * mult, "steps": steps, "params": params,
-        "train_seconds": seconds, "final_loss": train.get("instance_mse"), **metrics,
+        "guidance": guidance, "train_seconds": seconds, "final_loss": train.get("instance_mse"), **metrics,
     }  # fmt: skip
     atomic_write_text(folder / "result.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps(result), flush=True)
 
 
-def baseline(out: Path) -> dict:
+def baseline(out: Path, guidance: float) -> dict:
     """The base model's scores (floor of fidelity, prior before) and the concept's own ceiling, once."""
     path = out / "base.json"
     if path.is_file():
@@ -168,32 +175,34 @@ def baseline(out: Path) -> dict:
     from studio.pipelines import load_pipeline
 
     pipe = load_pipeline("shapes", "image")
-    metrics, shown = score(pipe)
+    metrics, shown = score(pipe, guidance)
     judge = load_judge("shapes", "eval")
     with torch.no_grad():
         _, train_emb = judge.predict(torch.stack([to_tensor(a) for a in render_concept(CONCEPT_IMAGES, seed=0)]))
         _, fresh_emb = judge.predict(torch.stack([to_tensor(a) for a in render_concept(CONCEPT_IMAGES, seed=1)]))
     metrics["fidelity_ceiling"] = cosine(fresh_emb, train_emb)
+    metrics["guidance"] = guidance
     write_png(out / "base-shown.png", np.concatenate(shown, axis=1))
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
-def report(out: Path, docs: Path) -> None:
+def report(out: Path, docs: Path, guidance: float) -> None:
     """Markdown tables on stdout; ``concept_grid.png`` and ``lr_sweep.png`` under ``docs``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    base = baseline(out)
+    base = baseline(out, guidance)
     results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))]
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     at = {(r["method"], r["mult"]): r for r in results}
     mults = sorted({r["mult"] for r in results})
 
     print(
-        f"Base model: fidelity {base['fidelity']:.3f} (ceiling, fresh concept renders: "
+        f"Sampled at guidance {base['guidance']:g}. Base model: fidelity {base['fidelity']:.3f} "
+        "(ceiling, fresh concept renders: "
         f"{base['fidelity_ceiling']:.3f}), editability {base['editability']:.3f}, prior {base['prior']:.3f}\n"
     )
     print("| method | params | train s | fidelity | concept colour | editability | prior before → after |")
@@ -254,23 +263,24 @@ def main() -> None:
     parser.add_argument("--base-lr", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--class-samples", type=int, default=32)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="of the class samples and scoring")
     parser.add_argument("--shard", default="0/1", help="K/N: run every N-th run starting at K")
     parser.add_argument("--report", type=Path, default=None, help="write tables and plots (to this docs folder)")
     args = parser.parse_args()
     if args.report is not None:
-        report(args.out, args.report)
+        report(args.out, args.report, args.guidance)
         return
     k, n = (int(x) for x in args.shard.split("/"))
     if k == 0:
-        prepare(args.out, args.class_samples)
-        baseline(args.out)
+        prepare(args.out, args.class_samples, args.guidance)
+        baseline(args.out, args.guidance)
     while not (args.out / "prepared").exists():  # the other shards wait for shard 0's concept and class samples
         time.sleep(5)
     # every method at ×1 first, then the sweep from the extremes inwards, so a partial study is still a sweep
     mults = sorted(args.mults, key=lambda m: (m != 1, -abs(math.log(m))))
     jobs = [(m, mult) for mult in mults for m in args.methods]
     for method, mult in jobs[k::n]:
-        run_one(args.out, method, mult, args.base_lr, args.steps, args.class_samples)
+        run_one(args.out, method, mult, args.base_lr, args.steps, args.class_samples, args.guidance)
 
 
 if __name__ == "__main__":

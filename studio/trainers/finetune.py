@@ -34,6 +34,7 @@ from studio.adapters import (
     orthogonality_penalty,
     save_adapter,
 )
+from studio.guidance import DEFAULT_GUIDANCE
 from studio.io import atomic_write_text, read_image, read_wav, write_png, write_wav
 from studio.models.text import encode_text, is_clip, text_hidden_states, tokenize
 from studio.models.zoo import world_of
@@ -95,7 +96,7 @@ class FinetuneConfig(TrainerConfig):
     prior_weight: float = 1.0
     class_samples: int = 32
     class_dir: Path | None = None
-    class_guidance: float = 4.0
+    class_guidance: float = DEFAULT_GUIDANCE
     ema_decay: float | None = None
     gradient_checkpointing: bool = False
     sample_prompts: tuple[str, ...] = ("a sks shape", "a red sks shape", "a blue sks shape in the top left corner")
@@ -271,7 +272,7 @@ class FinetuneTrainer(Trainer):
 
     # ---- sampling and export ------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """A grid of the sample prompts (guidance 4, 25 steps, 4 seeds each) under ``samples/``."""
+        """A grid of the sample prompts (default guidance, 25 steps, 4 seeds each) under ``samples/``."""
         from studio.pipelines.evaluation import generate_batch
         from studio.plots import image_grid, spectrogram_grid
 
@@ -279,7 +280,7 @@ class FinetuneTrainer(Trainer):
         prompts = [p for p in cfg.sample_prompts for _ in range(4)]
         with torch.no_grad(), self.ema_weights():
             samples = generate_batch(
-                self.pipe, prompts, list(range(len(prompts))), guidance_scale=4.0, num_inference_steps=25
+                self.pipe, prompts, list(range(len(prompts))), guidance_scale=DEFAULT_GUIDANCE, num_inference_steps=25
             )
         grid = image_grid(samples, cols=4) if self.world.modality == "image" else spectrogram_grid(samples, 16000)
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
