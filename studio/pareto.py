@@ -123,7 +123,7 @@ def pareto_eval(
 
     Raises:
         ValueError: for ``per_prompt < 2``, only one of ``quality``/``diversity``, a λ outside [0, 1],
-            or an unwritable ``out``.
+            a student that does not load, or an unwritable ``out``; all before any sampling.
     """
     from studio.merging import merge_pipelines
 
@@ -147,6 +147,8 @@ def pareto_eval(
         out=out / "cfg-1",
     )  # validates the settings before any sampling
     prompts = eval_prompt_texts(template.world)
+    # load every student once before any sampling, so a bad path fails in seconds, not after the CFG curve
+    conditioned = {label: reads_guidance(model, modality) for label, model in unguided.items()}
     points: list[ParetoPoint] = []
     with atomic_dir(out) as tmp:
 
@@ -171,7 +173,7 @@ def pareto_eval(
         for w in scales:
             score("CFG", f"w={w:g}", base, w, f"cfg-{w:g}")
         for i, (label, model) in enumerate(unguided.items()):
-            if reads_guidance(model, modality):  # the student's own slider: one UNet call at every w
+            if conditioned[label]:  # the student's own slider: one UNet call at every w
                 for w in scales:
                     score(label, f"w={w:g}", model, w, f"student-{i}-w{w:g}")
             else:

@@ -69,9 +69,16 @@ def test_pareto_scores_cfg_students_and_merges_with_both_judges(
         (["--quality", "shapes"], "both --quality and --diversity"),
         (["--lambdas", "1.5"], "[0, 1]"),
         (["-n", "1"], "at least 2"),
+        (["--student", "beta 0.5=no/such/model"], "cannot load image model 'no/such/model'"),
     ],
 )
-def test_pareto_rejects_bad_settings_before_sampling(tmp_path, capsys, tiny_shapes_folder, extra, message):
+def test_pareto_rejects_bad_settings_before_sampling(
+    tmp_path, capsys, monkeypatch, tiny_shapes_folder, extra, message
+):
+    def sample(*args, **kwargs):
+        raise AssertionError("sampled before the settings were checked")
+
+    monkeypatch.setattr("studio.pareto.generate_and_score", sample)
     out = tmp_path / "pareto"
     args = ["--quiet", "eval", "--pareto", "image", "--model", str(tiny_shapes_folder), "--out", str(out), *extra]
     if "--quality" not in extra:
