@@ -71,7 +71,11 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         "diversity",
     ),
     "synth-quality": EmbeddedModel(
-        "audio", "synth", "mixstudio train cfg-distill-synth --set export=assets/models/synth-quality", "quality"
+        "audio",
+        "synth",
+        "mixstudio train cfg-distill-synth --set guidance_scale=2 --set max_minutes=45 "
+        "--set export=assets/models/synth-quality",
+        "quality",
     ),
     "synth-diversity": EmbeddedModel(
         "audio",

@@ -166,8 +166,10 @@ def cfg_distill_shapes() -> CFGDistillConfig:
 
 
 def cfg_distill_synth() -> CFGDistillConfig:
-    """The unguided student of the embedded ``synth`` model (β = 0: ``synth-quality``).
+    """The unguided student of the embedded ``synth`` model (β = 0).
 
+    The shipped ``synth-quality`` distils the teacher at w = 2 for 45 minutes (``--set guidance_scale=2 --set
+    max_minutes=45``; at the default w = 4 and 28 minutes the student lost 13 adherence points to its teacher).
     ``--set diversity_weight=1`` trains ``synth-diversity``. The Griffin-Lim vocoder is not differentiable, so
     the diversity term trains by policy gradient on η = 1 trajectories (two samples for each of 4 prompts per
     step, batch-normalised advantage).
