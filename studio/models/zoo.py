@@ -80,7 +80,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "synth-diversity": EmbeddedModel(
         "audio",
         "synth",
-        "mixstudio train cfg-distill-synth --set diversity_weight=1 --set export=assets/models/synth-diversity",
+        "mixstudio train cfg-distill-synth --set guidance_scale=2 --set diversity_weight=0.5 --set max_minutes=33 "
+        "--set export=assets/models/synth-diversity",
         "diversity",
     ),
 }

@@ -170,9 +170,9 @@ def cfg_distill_synth() -> CFGDistillConfig:
 
     The shipped ``synth-quality`` distils the teacher at w = 2 for 45 minutes (``--set guidance_scale=2 --set
     max_minutes=45``; at the default w = 4 and 28 minutes the student lost 13 adherence points to its teacher).
-    ``--set diversity_weight=1`` trains ``synth-diversity``. The Griffin-Lim vocoder is not differentiable, so
-    the diversity term trains by policy gradient on η = 1 trajectories (two samples for each of 4 prompts per
-    step, batch-normalised advantage).
+    The shipped ``synth-diversity`` is ``--set guidance_scale=2 --set diversity_weight=0.5 --set max_minutes=33``.
+    The Griffin-Lim vocoder is not differentiable, so the diversity term trains by policy gradient on η = 1
+    trajectories (two samples for each of 4 prompts per step, batch-normalised advantage).
     """
     return CFGDistillConfig(
         base="synth",
