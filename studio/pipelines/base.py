@@ -18,7 +18,7 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from studio.guidance import check_guidance_scale, guidance_embedding, split_guided, uses_guidance
+from studio.guidance import Guidance, guidance_embedding, split_guided, uses_guidance
 from studio.models.text import encode_text, load_packaged_text_encoder
 
 #: The one place a sampler name maps to its diffusers scheduler class.
@@ -99,7 +99,7 @@ class StudioDiffusionPipeline(DiffusionPipeline):
         prompt: str | list[str],
         negative_prompt: str | list[str] | None,
         num_inference_steps: int,
-        guidance_scale: float,
+        guidance: Guidance,
         num_per_prompt: int,
     ) -> list[str]:
         """Validate the arguments every pipeline takes; returns the prompts as a list.
@@ -117,7 +117,11 @@ class StudioDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 f"num_inference_steps must be an integer in [1, {MAX_STEPS}], got {num_inference_steps!r}"
             )
-        check_guidance_scale(guidance_scale)
+        if guidance.rescale and self.guidance_conditioned:
+            raise ValueError(
+                "guidance_rescale needs the conditional prediction, which a guidance-conditioned student does not "
+                "compute; use guidance_rescale=0 with this model"
+            )
         if not num_per_prompt >= 1 or len(prompts) * num_per_prompt > MAX_BATCH:
             raise ValueError(f"batch of {len(prompts)} prompts x {num_per_prompt} must be between 1 and {MAX_BATCH}")
         if self.text_encoder is None or self.tokenizer is None:
@@ -166,18 +170,26 @@ class StudioDiffusionPipeline(DiffusionPipeline):
         t: torch.Tensor,
         embeds: torch.Tensor,
         mask: torch.Tensor | None,
-        guidance_scale: float,
+        guidance: Guidance,
     ) -> torch.Tensor:
-        """The (guided) model prediction at one step; the batch is doubled only when running CFG."""
-        guided = self.runs_cfg(guidance_scale)
+        """The (guided) model prediction at one step.
+
+        ``embeds``/``mask`` are stacked ``[uncond; cond]`` whenever :meth:`runs_cfg`; the batch is doubled
+        only at steps inside the guidance interval, and elsewhere the conditional half runs alone.
+        """
+        in_interval = guidance.guides_at(t, self.scheduler.config.num_train_timesteps)
+        guided = in_interval and self.runs_cfg(guidance.scale)
+        if self.runs_cfg(guidance.scale) and not guided:
+            embeds, mask = embeds[len(latents) :], None if mask is None else mask[len(latents) :]
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = self.scheduler.scale_model_input(model_input, t)
         extra = {}
         if self.guidance_conditioned:
             dim = self.unet.config.time_cond_proj_dim
-            extra["timestep_cond"] = guidance_embedding(guidance_scale, dim, len(latents)).to(latents)
+            scale = guidance.scale if in_interval else 1.0
+            extra["timestep_cond"] = guidance_embedding(scale, dim, len(latents)).to(latents)
         out = self.unet(model_input, t, encoder_hidden_states=embeds, encoder_attention_mask=mask, **extra).sample
-        return split_guided(out, guidance_scale) if guided else out
+        return split_guided(out, guidance.scale, guidance.rescale) if guided else out
 
     @property
     def guidance_conditioned(self) -> bool:
@@ -193,7 +205,7 @@ class StudioDiffusionPipeline(DiffusionPipeline):
         latents: torch.Tensor,
         embeds: torch.Tensor,
         mask: torch.Tensor | None,
-        guidance_scale: float,
+        guidance: Guidance,
         num_inference_steps: int,
         generator: torch.Generator | list[torch.Generator] | None = None,
         callback_on_step_end: StepCallback | None = None,
@@ -204,7 +216,7 @@ class StudioDiffusionPipeline(DiffusionPipeline):
         extra = {"generator": generator} if "generator" in _step_params(self.scheduler) else {}
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
-                noise = self.predict_noise(latents, t, embeds, mask, guidance_scale)
+                noise = self.predict_noise(latents, t, embeds, mask, guidance)
                 latents = self.scheduler.step(noise, t, latents, **extra).prev_sample
                 if callback_on_step_end is not None:
                     available = {"latents": latents, "prompt_embeds": embeds}

@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
-from studio.guidance import DEFAULT_GUIDANCE
+from studio.guidance import DEFAULT_GUIDANCE, Guidance
 from studio.pipelines.base import StepCallback, StudioDiffusionPipeline
 
 
@@ -99,6 +99,8 @@ class StudioImagePipeline(StudioDiffusionPipeline):
         width: int | None = None,
         num_inference_steps: int = 25,
         guidance_scale: float = DEFAULT_GUIDANCE,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -115,6 +117,9 @@ class StudioImagePipeline(StudioDiffusionPipeline):
             height, width: image size in pixels (default: the model's training size).
             num_inference_steps: sampler steps.
             guidance_scale: CFG scale ``w``; 1 disables guidance (and halves the cost).
+            guidance_rescale: ``φ`` in [0, 1] of guidance rescale (Lin et al. 2024 §3.4); tames large ``w``.
+            guidance_interval: noise levels ``(low, high)`` of ``t / T`` where guidance applies; the
+                conditional model alone runs elsewhere, at half the cost (Kynkäänniemi et al. 2024).
             num_images_per_prompt: images per prompt.
             generator: torch generator(s) for reproducible noise.
             latents: initial noise ``(B, C, h, w)`` instead of sampling it.
@@ -128,8 +133,9 @@ class StudioImagePipeline(StudioDiffusionPipeline):
         """
         # 1. Check inputs
         height, width = height or self.default_size, width or self.default_size
+        guidance = Guidance(guidance_scale, guidance_rescale, guidance_interval)
         prompts = self.check_common_inputs(
-            prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt
+            prompt, negative_prompt, num_inference_steps, guidance, num_images_per_prompt
         )
         self.check_inputs(height, width, output_type)
         # 2. Encode the prompt (stacked with the negative prompt when guiding)
@@ -142,7 +148,7 @@ class StudioImagePipeline(StudioDiffusionPipeline):
             latents,
             embeds,
             mask,
-            guidance_scale,
+            guidance,
             num_inference_steps,
             generator,
             callback_on_step_end,

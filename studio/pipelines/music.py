@@ -10,7 +10,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.utils import BaseOutput
 
-from studio.guidance import DEFAULT_GUIDANCE
+from studio.guidance import DEFAULT_GUIDANCE, Guidance
 from studio.models.audio import MelCodec
 from studio.pipelines.base import StepCallback, StudioDiffusionPipeline
 
@@ -110,6 +110,8 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
         audio_length_in_s: float | None = None,
         num_inference_steps: int = 25,
         guidance_scale: float = DEFAULT_GUIDANCE,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
         num_waveforms_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -121,8 +123,9 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
         """Generate music clips for ``prompt``.
 
         Args:
-            prompt, negative_prompt, num_inference_steps, guidance_scale, generator, latents,
-            callback_on_step_end: as in :class:`~studio.pipelines.image.StudioImagePipeline`.
+            prompt, negative_prompt, num_inference_steps, guidance_scale, guidance_rescale,
+            guidance_interval, generator, latents, callback_on_step_end: as in
+                :class:`~studio.pipelines.image.StudioImagePipeline`.
             audio_length_in_s: clip length (default: the training length).
             num_waveforms_per_prompt: clips per prompt.
             output_type: ``np`` (float32 ``(B, T)``), ``pt``, or ``latent`` (the mels, no vocoder).
@@ -132,8 +135,9 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
             ``AudioPipelineOutput(audios, sample_rate, mels)`` or ``(audios, sample_rate)``.
         """
         # 1. Check inputs
+        guidance = Guidance(guidance_scale, guidance_rescale, guidance_interval)
         prompts = self.check_common_inputs(
-            prompt, negative_prompt, num_inference_steps, guidance_scale, num_waveforms_per_prompt
+            prompt, negative_prompt, num_inference_steps, guidance, num_waveforms_per_prompt
         )
         frames = self.frames_for(audio_length_in_s or self.default_length_s)
         if output_type not in ("np", "pt", "latent"):
@@ -148,7 +152,7 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
             latents,
             embeds,
             mask,
-            guidance_scale,
+            guidance,
             num_inference_steps,
             generator,
             callback_on_step_end,

@@ -27,6 +27,41 @@ def test_stable_diffusion_folder_loads_and_matches_diffusers(tiny_sd_folder):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_guidance_rescale_matches_diffusers(tiny_sd_folder):
+    ours = load_pipeline(tiny_sd_folder, scheduler="ddim")
+    reference = StableDiffusionPipeline.from_pretrained(tiny_sd_folder)
+    reference.set_progress_bar_config(disable=True)
+    kwargs = {"prompt": "a red circle", "num_inference_steps": 4, "guidance_scale": 6.0, "output_type": "np"}
+    kwargs |= {"height": 16, "width": 16}
+    plain = ours(generator=torch.Generator().manual_seed(0), **kwargs).images
+    got = ours(generator=torch.Generator().manual_seed(0), guidance_rescale=0.7, **kwargs).images
+    want = reference(generator=torch.Generator().manual_seed(0), guidance_rescale=0.7, **kwargs).images
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got - plain).max() > 1e-3  # the rescale changed the samples
+
+
+def test_guidance_interval_runs_the_unconditional_branch_only_inside_it(tiny_embedded_pipeline):
+    pipe = tiny_embedded_pipeline
+    latents = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    settings = {"num_images_per_prompt": 2, "num_inference_steps": 4, "latents": latents, "output_type": "pt"}
+    pipe.scheduler.set_timesteps(4)
+    assert pipe.scheduler.timesteps.tolist() == [750, 500, 250, 0]
+    batch_sizes = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, args: batch_sizes.append(args[0].shape[0]))
+    try:
+        interval = pipe("a red circle", guidance_scale=4.0, guidance_interval=(0.2, 0.6), **settings).images
+        assert batch_sizes == [2, 4, 4, 2]  # guided at t = 500 and 250 only
+        batch_sizes.clear()
+        everywhere = pipe("a red circle", guidance_scale=4.0, guidance_interval=(0.0, 1.0), **settings).images
+        assert batch_sizes == [4, 4, 4, 4]
+    finally:
+        hook.remove()
+    torch.testing.assert_close(everywhere, pipe("a red circle", guidance_scale=4.0, **settings).images)
+    nowhere = pipe("a red circle", guidance_scale=4.0, guidance_interval=(0.9, 1.0), **settings).images
+    torch.testing.assert_close(nowhere, pipe("a red circle", guidance_scale=1.0, **settings).images)
+    assert (interval - everywhere).abs().max() > 1e-4 and (interval - nowhere).abs().max() > 1e-4
+
+
 def test_embedded_pipeline_round_trips_without_copying_the_text_encoder(tiny_embedded_pipeline, tmp_path):
     pipe = tiny_embedded_pipeline
     pipe.save_pretrained(tmp_path / "m")
@@ -101,6 +136,11 @@ def test_a_guidance_conditioned_unet_reads_the_scale_in_one_pass_per_step(tiny_e
     with torch.no_grad():
         student.unet.time_embedding.cond_proj.weight.normal_(0, 0.5)
     assert (sample(student, 2.0) - sample(student, 4.0)).abs().max() > 1e-3
+    # outside the guidance interval the student reads w = 1
+    nowhere = student("a red circle", guidance_scale=4.0, guidance_interval=(0.9, 1.0), **settings).images
+    torch.testing.assert_close(nowhere, sample(student, 1.0))
+    with pytest.raises(ValueError, match="guidance_rescale needs the conditional prediction"):
+        student("a red circle", guidance_scale=4.0, guidance_rescale=0.7, **settings)
     with pytest.raises(ValueError, match="already reads a guidance embedding"):
         with_guidance_input(student.unet)
 
@@ -112,6 +152,8 @@ def test_a_guidance_conditioned_unet_reads_the_scale_in_one_pass_per_step(tiny_e
         ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps must be an integer"),
         ({"prompt": "x", "num_inference_steps": 10**6}, "num_inference_steps must be an integer"),
         ({"prompt": "x", "guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
+        ({"prompt": "x", "guidance_rescale": 2.0}, r"guidance_rescale must be a number in \[0, 1\]"),
+        ({"prompt": "x", "guidance_interval": (0.5, 0.1)}, "guidance_interval must satisfy"),
         ({"prompt": "x", "height": 15}, "height must be a positive multiple of 2"),
         ({"prompt": "x", "num_images_per_prompt": 1000}, "must be between 1 and 64"),
         ({"prompt": "x", "output_type": "jpeg"}, "output_type must be"),
