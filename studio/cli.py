@@ -14,6 +14,25 @@ from pathlib import Path
 logger = logging.getLogger("studio")
 
 
+def add_guidance_refinements(parser: argparse.ArgumentParser) -> None:
+    """``--guidance-rescale`` and ``--guidance-interval`` (see :class:`studio.guidance.Guidance`)."""
+    parser.add_argument(
+        "--guidance-rescale",
+        type=float,
+        default=0.0,
+        metavar="PHI",
+        help="rescale phi in [0, 1] that tames large guidance (0 = off)",
+    )
+    parser.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=(0.0, 1.0),
+        metavar=("LOW", "HIGH"),
+        help="guide only at noise levels t/T in [LOW, HIGH]; other steps cost one UNet call (default: 0 1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixstudio", description="Finetuning studio for diffusion and music models.")
     parser.add_argument("--quiet", action="store_true", help="hide progress bars and info logs")
@@ -70,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=25, help="sampler steps")
     gen.add_argument("--guidance", type=float, default=None, help="CFG scale (1 = none; default 2)")
     gen.add_argument("--scheduler", default=None, help="sampler: ddim, dpm++, ddpm, euler (default: the saved one)")
+    add_guidance_refinements(gen)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--length", type=float, default=None, help="music clip length in seconds")
     gen.add_argument("--world", default=None, help="world whose judges score the output (default: the model's)")
@@ -84,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("-n", type=int, default=4, help="samples per prompt (>= 2)")
     sweep.add_argument("--steps", type=int, default=25, help="sampler steps")
     sweep.add_argument("--scheduler", default=None, help="sampler: ddim, dpm++, ddpm, euler (default: the saved one)")
+    add_guidance_refinements(sweep)
     sweep.add_argument("--seed", type=int, default=0)
     sweep.add_argument("--world", default=None, help="world whose prompts and judges are used (default: the model's)")
     sweep.add_argument("--judge", choices=("eval", "reward"), default="eval", help="which judge scores")
@@ -175,6 +196,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         negative_prompt=args.negative_prompt,
         steps=args.steps,
         guidance=DEFAULT_GUIDANCE if args.guidance is None else args.guidance,
+        guidance_rescale=args.guidance_rescale,
+        guidance_interval=tuple(args.guidance_interval),
         seed=args.seed,
         scheduler=args.scheduler,
         audio_length_in_s=args.length,
@@ -253,6 +276,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seed,
         scheduler=args.scheduler,
+        guidance_rescale=args.guidance_rescale,
+        guidance_interval=tuple(args.guidance_interval),
         world=args.world,
         judge=args.judge,
         progress=not args.quiet,

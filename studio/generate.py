@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from studio.guidance import DEFAULT_GUIDANCE
+from studio.guidance import DEFAULT_GUIDANCE, Guidance
 from studio.io import atomic_dir, check_output_dir, write_png, write_wav
 from studio.manifest import Manifest, ManifestItem, write_manifest
 from studio.models.zoo import EMBEDDED
@@ -33,6 +33,7 @@ class GenerateRequest:
         model: embedded name, folder or hub id.
         negative_prompt: the unconditional branch's prompt.
         steps, guidance, seed, scheduler: sampling settings (sample ``i`` of prompt ``p`` uses ``seed + 1000p + i``).
+        guidance_rescale, guidance_interval: see :class:`studio.guidance.Guidance` (defaults: off, every step).
         audio_length_in_s: clip length (music).
         out: output folder (written atomically).
         world: the world whose judges score the folder (default: the embedded model's, else by modality).
@@ -47,6 +48,8 @@ class GenerateRequest:
     negative_prompt: str | None = None
     steps: int = 25
     guidance: float = DEFAULT_GUIDANCE
+    guidance_rescale: float = 0.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
     scheduler: str | None = None
     audio_length_in_s: float | None = None
@@ -64,6 +67,11 @@ class GenerateRequest:
             raise ValueError(f"--steps must be between 1 and {MAX_STEPS}, got {self.steps}")
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise ValueError(f"--guidance must be a finite number >= 0 (1 = no guidance), got {self.guidance}")
+        try:
+            Guidance(self.guidance, self.guidance_rescale, self.guidance_interval)
+        except ValueError as error:
+            raise ValueError(str(error).replace("guidance_", "--guidance-", 1)) from None
+        self.guidance_interval = tuple(float(x) for x in self.guidance_interval)
         if not math.isfinite(self.adapter_scale):
             raise ValueError(f"--adapter-scale must be a finite number, got {self.adapter_scale}")
         if self.adapter is not None and not Path(self.adapter).is_file():
@@ -94,6 +102,8 @@ def generate_to_folder(request: GenerateRequest, batch_size: int = 16, progress:
     kwargs = {
         "num_inference_steps": request.steps,
         "guidance_scale": request.guidance,
+        "guidance_rescale": request.guidance_rescale,
+        "guidance_interval": request.guidance_interval,
         "negative_prompt": request.negative_prompt,
         "callback_on_step_end": tick,
     }
@@ -123,6 +133,8 @@ def write_generated(request: GenerateRequest, world, jobs, samples) -> Path:
             "model": request.model,
             "steps": request.steps,
             "guidance": request.guidance,
+            "guidance_rescale": request.guidance_rescale,
+            "guidance_interval": list(request.guidance_interval),
             "negative_prompt": request.negative_prompt,
             "scheduler": request.scheduler or "saved",
             "seed": request.seed,

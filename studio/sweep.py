@@ -43,6 +43,8 @@ class SweepReport:
     per_prompt: int
     prompts: int
     points: list[SweepPoint]
+    guidance_rescale: float = 0.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
 
     def table(self) -> str:
         """A Markdown table: one row per guidance scale."""
@@ -59,6 +61,10 @@ class SweepReport:
             f"model `{self.model}` · world {self.world} · {self.judge} judge · {self.prompts} held-out prompts "
             f"× {self.per_prompt} · {self.steps} steps"
         )
+        if self.guidance_rescale:
+            title += f" · guidance rescale {self.guidance_rescale:g}"
+        if tuple(self.guidance_interval) != (0.0, 1.0):
+            title += " · guided at t/T in [{:g}, {:g}]".format(*self.guidance_interval)
         return "\n".join([title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows])
 
     def to_json(self) -> str:
@@ -98,6 +104,8 @@ def guidance_sweep(
     steps: int = 25,
     seed: int = 0,
     scheduler: str | None = None,
+    guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
     world: str | None = None,
     judge: Role = "eval",
     progress: bool = True,
@@ -111,7 +119,7 @@ def guidance_sweep(
         out: folder that receives ``guidance-<w>/`` sample folders and the sweep report (written atomically:
             an existing folder is replaced only once the whole sweep has succeeded).
         per_prompt: samples per prompt (≥ 2 so diversity is defined).
-        steps, seed, scheduler: sampler settings, the same at every scale.
+        steps, seed, scheduler, guidance_rescale, guidance_interval: sampler settings, the same at every scale.
         world: the world whose prompts and judges are used (default: the model's).
         judge: ``eval`` for reported numbers; ``reward`` to compare with what trainers optimise.
         progress: show progress bars.
@@ -133,6 +141,8 @@ def guidance_sweep(
             model=model,
             steps=steps,
             guidance=w,
+            guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval,
             seed=seed,
             scheduler=scheduler,
             world=world,
@@ -167,6 +177,8 @@ def guidance_sweep(
             per_prompt=per_prompt,
             prompts=len(prompts),
             points=points,
+            guidance_rescale=requests[0].guidance_rescale,
+            guidance_interval=requests[0].guidance_interval,
         )
         atomic_write_text(tmp / "sweep.json", sweep.to_json())
         atomic_write_text(tmp / "sweep.md", sweep.table() + "\n")

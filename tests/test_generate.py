@@ -45,7 +45,15 @@ def test_generate_writes_images_and_a_manifest_eval_reads(tmp_path, capsys, tiny
     manifest = json.loads((out / "manifest.json").read_text())
     assert [i["seed"] for i in manifest["items"]] == [5, 6, 7]
     assert manifest["meta"]["guidance"] == 3.0 and manifest["meta"]["scheduler"] == "dpm++"
+    assert manifest["meta"]["guidance_rescale"] == 0.0 and manifest["meta"]["guidance_interval"] == [0.0, 1.0]
     assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "0002.png", "grid.png", "manifest.json"]
+
+    refined = tmp_path / "refined"
+    extra = ["--guidance-rescale", "0.7", "--guidance-interval", "0", "0.5"]
+    assert main([*args, *extra, "--out", str(refined)]) == 0, capsys.readouterr().err
+    meta = json.loads((refined / "manifest.json").read_text())["meta"]
+    assert meta["guidance_rescale"] == 0.7 and meta["guidance_interval"] == [0.0, 0.5]
+    assert (out / "0000.png").read_bytes() != (refined / "0000.png").read_bytes()
 
     again = tmp_path / "again"
     assert main([*args, "--out", str(again)]) == 0
@@ -90,6 +98,8 @@ def test_generate_over_the_eval_prompt_set(tmp_path, capsys, tiny_model_dir):
         (["generate", "image", "a red circle", "--steps", "0"], "--steps must be between 1 and 1000"),
         (["generate", "image", "a red circle", "--steps", "100000"], "--steps must be between 1 and 1000"),
         (["generate", "image", "a red circle", "--guidance", "nan"], "--guidance must be a finite number"),
+        (["generate", "image", "a red circle", "--guidance-rescale", "1.5"], "--guidance-rescale must be a number in"),
+        (["generate", "image", "a red circle", "--guidance-interval", "0.6", "0.2"], "--guidance-interval must"),
         (["generate", "image", "a red circle", "-n", "1000"], "allowed 1 to 256"),
         (["generate", "image", "a red circle", "--scheduler", "plms"], "--scheduler 'plms' is unknown"),
         (["generate", "image", "a red circle", "--model", "/no/such/model"], "cannot load image model"),

@@ -36,12 +36,25 @@ def test_sweep_scores_each_guidance_scale_like_mixstudio_eval(tmp_path, capsys, 
     assert (out / "sweep.md").read_text().count("\n| ") == 3  # header + two rows
 
 
+def test_sweep_applies_guidance_rescale_and_interval_at_every_scale(tmp_path, capsys, tiny_shapes_folder):
+    out = tmp_path / "refined"
+    args = ["--quiet", "sweep", "image", "--model", str(tiny_shapes_folder), "--guidance", "3", "-n", "2"]
+    args += ["--steps", "2", "--guidance-rescale", "0.7", "--guidance-interval", "0", "0.5", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "guidance rescale 0.7 · guided at t/T in [0, 0.5]" in capsys.readouterr().out
+    report = json.loads((out / "sweep.json").read_text())
+    assert report["guidance_rescale"] == 0.7 and report["guidance_interval"] == [0.0, 0.5]
+    meta = json.loads((out / "guidance-3" / "manifest.json").read_text())["meta"]
+    assert meta["guidance_rescale"] == 0.7 and meta["guidance_interval"] == [0.0, 0.5]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--guidance", "2", "2"], "distinct"),
         (["-n", "1"], "at least 2"),
         (["--guidance", "nan"], "--guidance"),
+        (["--guidance-interval", "0.5", "0.5"], "--guidance-interval must satisfy"),
         (["--steps", "0"], "--steps"),
     ],
 )

@@ -120,7 +120,7 @@ class Handlers:
     @boundary
     def generate_image(
         self, model, prompt, negative, steps, guidance, seed, count, scheduler, adapter=NO_ADAPTER, strength=1.0,
-        progress=PROGRESS,
+        rescale=0.0, guided_below=1.0, progress=PROGRESS,
     ) -> tuple[list[tuple[str, str]], str, str]:  # fmt: skip
         """Image tab: returns gallery items, the manifest path and a status line."""
         result = self.studio.generate_image(
@@ -134,6 +134,8 @@ class Handlers:
             scheduler=None if scheduler in (None, "", "saved") else scheduler,
             adapter=adapter or None,
             adapter_scale=number("adapter strength", strength),
+            guidance_rescale=number("guidance rescale", rescale),
+            guidance_interval=(0.0, number("guided noise levels", guided_below)),
             progress=lambda f, desc: progress(f, desc=desc),
         )
         seed0 = whole("seed", seed)
@@ -143,7 +145,7 @@ class Handlers:
     @boundary
     def generate_music(
         self, model, prompt, negative, steps, guidance, seed, count, length, scheduler, adapter=NO_ADAPTER,
-        strength=1.0, progress=PROGRESS,
+        strength=1.0, rescale=0.0, guided_below=1.0, progress=PROGRESS,
     ) -> list:  # fmt: skip
         """Music tab: returns ``MAX_CLIPS`` audio players, ``MAX_CLIPS`` spectrograms, the manifest, a status line."""
         result = self.studio.generate_music(
@@ -158,6 +160,8 @@ class Handlers:
             scheduler=None if scheduler in (None, "", "saved") else scheduler,
             adapter=adapter or None,
             adapter_scale=number("adapter strength", strength),
+            guidance_rescale=number("guidance rescale", rescale),
+            guidance_interval=(0.0, number("guided noise levels", guided_below)),
             progress=lambda f, desc: progress(f, desc=desc),
         )
         n = len(result.files)

@@ -199,6 +199,8 @@ class Studio:
         scheduler: str | None = None,
         adapter: str | None = None,
         adapter_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
         progress: Progress | None = None,
     ) -> Generation:
         """Generate ``count`` images for ``prompt`` into ``outputs/image/<stamp>/`` (sample ``k`` uses ``seed + k``).
@@ -206,6 +208,7 @@ class Studio:
         Args:
             adapter: a listed adapter of ``model`` to sample with (None: the model alone).
             adapter_scale: its strength; orthogonal adapters stay rotations at every strength.
+            guidance_rescale, guidance_interval: see :class:`studio.guidance.Guidance` (defaults: off, every step).
 
         Raises:
             ValueError: for an unknown or non-image model, an adapter of another model, an empty or too long
@@ -214,7 +217,7 @@ class Studio:
         return self._generate(
             "image", model, prompt, count, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
             seed=seed, scheduler=scheduler, length_s=None, adapter=adapter, adapter_scale=adapter_scale,
-            progress=progress,
+            guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, progress=progress,
         )  # fmt: skip
 
     def generate_music(
@@ -231,13 +234,15 @@ class Studio:
         scheduler: str | None = None,
         adapter: str | None = None,
         adapter_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
         progress: Progress | None = None,
     ) -> Generation:
         """Generate ``count`` clips into ``outputs/music/<stamp>/``, with a spectrogram per clip.
 
         Args:
             length_s: clip length in seconds (None: the model's training length).
-            adapter, adapter_scale: as :meth:`generate_image`.
+            adapter, adapter_scale, guidance_rescale, guidance_interval: as :meth:`generate_image`.
 
         Raises:
             ValueError: as :meth:`generate_image`, and for a clip length the model cannot make.
@@ -245,12 +250,12 @@ class Studio:
         return self._generate(
             "audio", model, prompt, count, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
             seed=seed, scheduler=scheduler, length_s=length_s, adapter=adapter, adapter_scale=adapter_scale,
-            progress=progress,
+            guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, progress=progress,
         )  # fmt: skip
 
     def _generate(
         self, modality: Modality, model: str, prompt: str, count: int, *, negative_prompt, steps, guidance, seed,
-        scheduler, length_s, adapter, adapter_scale, progress,
+        scheduler, length_s, adapter, adapter_scale, guidance_rescale, guidance_interval, progress,
     ) -> Generation:  # fmt: skip
         info = self.resolve(model, modality)
         adapters = [] if not adapter else [(self._adapter_of(adapter, info.name).path, adapter_scale)]
@@ -270,6 +275,8 @@ class Studio:
             negative_prompt=negative,
             steps=steps,
             guidance=guidance,
+            guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval,
             seed=seed,
             scheduler=scheduler or None,
             audio_length_in_s=length_s,
@@ -281,6 +288,7 @@ class Studio:
             pipe = self.models.pipeline(model, request.scheduler)
             jobs = [(prompt, seed + k) for k in range(count)]
             kwargs = _sampling_kwargs(steps, guidance, negative, length_s)
+            kwargs |= {"guidance_rescale": request.guidance_rescale, "guidance_interval": request.guidance_interval}
             kwargs["callback_on_step_end"] = _ticker(progress, count * steps, f"sampling {count} x {steps} steps")
             with applied_adapters(pipe.unet, adapters):
                 samples = generate_batch(pipe, [prompt] * count, [s for _, s in jobs], **kwargs)

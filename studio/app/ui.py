@@ -105,6 +105,20 @@ def _scheduler_picker() -> gr.Dropdown:
     return gr.Dropdown(["saved", *Studio.samplers()], value="saved", label="sampler")
 
 
+def _guidance_refinements(prefix: str) -> tuple[gr.Slider, gr.Slider]:
+    """Guidance rescale ``φ`` and the top of the guided noise levels (the interval's low end is 0)."""
+    with gr.Row():
+        rescale = gr.Slider(
+            0, 1, value=0, step=0.05, elem_id=f"{prefix}-guidance-rescale",
+            label="guidance rescale (0 = off; tames high guidance)",
+        )  # fmt: skip
+        guided_below = gr.Slider(
+            0.05, 1, value=1, step=0.05, elem_id=f"{prefix}-guided-below",
+            label="guide only at noise levels t/T up to (1 = every step; lower is faster)",
+        )  # fmt: skip
+    return rescale, guided_below
+
+
 def _adapter_controls(h: Handlers, model: gr.Dropdown, prefix: str) -> tuple[gr.Dropdown, gr.Slider]:
     """An adapter picker that follows ``model`` and its strength slider."""
     with gr.Row():
@@ -130,12 +144,26 @@ def _image_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown]:
             with gr.Row():
                 count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="images")
                 scheduler = _scheduler_picker()
+            rescale, guided_below = _guidance_refinements("image")
             button = gr.Button("Generate", variant="primary", elem_id="image-generate")
         with gr.Column():
             gallery = gr.Gallery(label="images", columns=4, elem_id="image-gallery", elem_classes=["pixelated"])
             status = gr.Markdown(elem_id="image-status")
             manifest = gr.File(label="manifest.json")
-    inputs = [model, prompt, negative, steps, guidance, seed, count, scheduler, adapter, strength]
+    inputs = [
+        model,
+        prompt,
+        negative,
+        steps,
+        guidance,
+        seed,
+        count,
+        scheduler,
+        adapter,
+        strength,
+        rescale,
+        guided_below,
+    ]
     button.click(h.generate_image, inputs, [gallery, manifest, status], **HEAVY)
     prompt.submit(h.generate_image, inputs, [gallery, manifest, status], **HEAVY)
     return model, adapter
@@ -153,6 +181,7 @@ def _music_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown]:
                 count = gr.Slider(1, MAX_CLIPS, value=2, step=1, label="clips")
                 length = gr.Number(value=0, label="length in s (0 = the model's)")
                 scheduler = _scheduler_picker()
+            rescale, guided_below = _guidance_refinements("music")
             button = gr.Button("Generate", variant="primary", elem_id="music-generate")
         with gr.Column():
             audios, spectrograms = [], []
@@ -163,6 +192,7 @@ def _music_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown]:
             status = gr.Markdown(elem_id="music-status")
             manifest = gr.File(label="manifest.json")
     inputs = [model, prompt, negative, steps, guidance, seed, count, length, scheduler, adapter, strength]
+    inputs += [rescale, guided_below]
     button.click(h.generate_music, inputs, [*audios, *spectrograms, manifest, status], **HEAVY)
     return model, adapter
 

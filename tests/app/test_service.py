@@ -56,6 +56,16 @@ def test_generate_image_writes_the_model_size_reproducibly_with_a_manifest(studi
     # batch 3 vs batch 1 changes float summation order: at most one level of uint8 rounding
     assert np.abs(images[1].astype(int) - to_uint8(direct)[0].astype(int)).max() <= 1
     assert not np.array_equal(images[0], images[1])
+    # guidance rescale and interval reach the pipeline and the manifest
+    refined = studio.generate_image(
+        "runs/a", "a red circle", steps=2, guidance=3.0, seed=6, guidance_rescale=0.5, guidance_interval=(0.0, 0.6)
+    )
+    meta = json.loads(refined.manifest.read_text())["meta"]
+    assert meta["guidance_rescale"] == 0.5 and meta["guidance_interval"] == [0.0, 0.6]
+    direct = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, output_type="np", guidance_rescale=0.5,
+                  guidance_interval=(0.0, 0.6), generator=torch.Generator().manual_seed(6)).images  # fmt: skip
+    assert np.array_equal(read_image(refined.files[0]), to_uint8(direct)[0])
+    assert not np.array_equal(read_image(refined.files[0]), images[1])
 
 
 def test_generate_music_returns_clips_and_a_spectrogram_each(studio):
@@ -84,6 +94,8 @@ def test_generate_music_returns_clips_and_a_spectrogram_each(studio):
         ({"guidance": -1.0}, "guidance must be a number from 0 to 30"),
         ({"guidance": float("nan")}, "guidance must be"),
         ({"seed": -1}, "seed must be"),
+        ({"guidance_rescale": 2.0}, "guidance-rescale must be a number in"),
+        ({"guidance_interval": (0.7, 0.2)}, "guidance-interval must satisfy"),
         ({"model": "nope"}, "unknown model 'nope'"),
         ({"model": ""}, "no model picked"),
         ({"model": "runs/music"}, "pick an image model"),

@@ -1,10 +1,12 @@
 """The Gradio layer: build_ui builds without loading models, and every handler maps values and errors."""
 
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -64,6 +66,10 @@ def test_image_handler_returns_a_gallery_and_the_manifest(handlers):
     assert [caption for _, caption in gallery] == ["seed 7", "seed 8"]
     assert all(read_image(path).shape == (32, 32, 3) for path, _ in gallery)
     assert manifest.endswith("manifest.json") and "2 image(s)" in status
+    # the refinement sliders: rescale and the top of the guided noise levels
+    _, manifest, _ = handlers.generate_image("runs/a", "a red circle", "", 2, 4.0, 7, 1, "saved", "", 1.0, 0.5, 0.4)
+    meta = json.loads(Path(manifest).read_text())["meta"]
+    assert meta["guidance_rescale"] == 0.5 and meta["guidance_interval"] == [0.0, 0.4]
 
 
 @pytest.mark.parametrize(
@@ -75,6 +81,7 @@ def test_image_handler_returns_a_gallery_and_the_manifest(handlers):
         (("runs/a", "x", "", 2, 4.0, None, 1, "saved"), "seed is empty"),
         (("gone", "x", "", 2, 4.0, 0, 1, "saved"), "unknown model"),
         (("runs/a", "x", "", 2, 4.0, 0, 1, "<b>magic</b>"), "scheduler &#x27;&lt;b&gt;magic&lt;/b&gt;&#x27;"),
+        (("runs/a", "x", "", 2, 4.0, 0, 1, "saved", "", 1.0, None), "guidance rescale is empty"),
     ],
 )
 def test_image_handler_turns_bad_input_into_gr_error(handlers, args, message):
