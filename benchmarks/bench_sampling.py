@@ -1,9 +1,11 @@
 """Sampling wall time of the embedded models: 4 images x 25 steps and 2 clips x 25 steps, with and without CFG.
 
-Usage: .venv/bin/python benchmarks/bench_sampling.py [--threads 2] [--repeats 3]
+Usage: .venv/bin/python benchmarks/bench_sampling.py [--threads 2] [--repeats 3] [--interval-high 0.4]
 
 Prints the median of ``--repeats`` runs (after one warm-up) and the CFG / no-CFG ratio measured
-side by side in the same process, which is what to compare across machines. Where the CFG-distilled
+side by side in the same process, which is what to compare across machines. The base models are also
+timed with guidance limited to noise levels ``t/T <= --interval-high`` (steps above it run the
+conditional model alone, one UNet call instead of two). Where the CFG-distilled
 quality students ship (``shapes-quality``, ``synth-quality``), they are timed too, unguided: the speed-up
 of the student over its guided teacher at the same step count.
 """
@@ -35,47 +37,57 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--interval-high", type=float, default=0.4, help="top of the guided noise levels t/T")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    interval = f"w=4, t/T<={args.interval_high:g}"
+    settings = {
+        "w=4": {"guidance_scale": 4.0},
+        interval: {"guidance_scale": 4.0, "guidance_interval": (0.0, args.interval_high)},
+        "w=1": {"guidance_scale": 1.0},
+    }
     rows = []
     cases = [("shapes", "image", "a red circle", 4), ("synth", "audio", "a fast minor tune with a rock beat", 2)]
-    cases = [(model, modality, prompt, count, (4.0, 1.0)) for model, modality, prompt, count in cases]
+    cases = [(model, modality, prompt, count, list(settings)) for model, modality, prompt, count in cases]
     for world, modality, prompt, count, _ in list(cases):
         student = f"{world}-quality"
         try:
             model_dir(student)
         except ValueError:
             continue
-        cases.append((student, modality, prompt, count, (1.0,)))
-    for model, modality, prompt, count, scales in cases:
+        cases.append((student, modality, prompt, count, ["w=1"]))
+    for model, modality, prompt, count, names in cases:
         pipe = load_pipeline(model, modality)
         key = "num_images_per_prompt" if modality == "image" else "num_waveforms_per_prompt"
-        for guidance in scales:
+        for name in names:
 
-            def run(guidance=guidance, pipe=pipe, key=key, count=count, prompt=prompt):
+            def run(kwargs=settings[name], pipe=pipe, key=key, count=count, prompt=prompt):
                 with torch.inference_mode():
                     pipe(
                         prompt,
                         num_inference_steps=args.steps,
-                        guidance_scale=guidance,
                         output_type="np",
                         generator=torch.Generator().manual_seed(0),
+                        **kwargs,
                         **{key: count},
                     )
 
-            rows.append((model, count, guidance, timed(run, args.repeats)))
+            rows.append((model, count, name, timed(run, args.repeats)))
 
     print(f"threads={args.threads} steps={args.steps} (median of {args.repeats})")
-    print(f"{'model':<16} {'batch':>5} {'guidance':>8} {'seconds':>8}")
-    for model, count, guidance, seconds in rows:
-        print(f"{model:<16} {count:>5} {guidance:>8.1f} {seconds:>8.2f}")
+    print(f"{'model':<16} {'batch':>5} {'guidance':>16} {'seconds':>8}")
+    for model, count, name, seconds in rows:
+        print(f"{model:<16} {count:>5} {name:>16} {seconds:>8.2f}")
     seconds = {(m, g): s for m, _, g, s in rows}
     for model in ("shapes", "synth"):
-        cfg = seconds[model, 4.0]
-        print(f"{model}: CFG costs {cfg / seconds[model, 1.0]:.2f}x the unguided sampler")
-        if (f"{model}-quality", 1.0) in seconds:
-            print(f"{model}-quality (unguided) samples {cfg / seconds[f'{model}-quality', 1.0]:.2f}x faster than w=4")
+        cfg = seconds[model, "w=4"]
+        print(f"{model}: CFG costs {cfg / seconds[model, 'w=1']:.2f}x the unguided sampler")
+        limited = seconds[model, interval] / cfg
+        print(f"{model}: CFG at t/T<={args.interval_high:g} costs {limited:.2f}x CFG at every step")
+        if (f"{model}-quality", "w=1") in seconds:
+            student = seconds[f"{model}-quality", "w=1"]
+            print(f"{model}-quality (unguided) samples {cfg / student:.2f}x faster than w=4")
 
 
 if __name__ == "__main__":
