@@ -99,6 +99,8 @@ def drive(page, out: Path, steps: int, train_overrides: str, adapter: str | None
     else:
         page.fill("#image-prompt textarea", "a red circle on a blue background")
     set_number(page, "image-steps", steps)
+    set_number(page, "image-guidance-rescale", 0.7)  # the guidance refinements in use (docs/BASE_MODELS.md)
+    set_number(page, "image-guided-below", 0.6)
     page.click("#image-generate")
     page.wait_for_function("() => /image[(]s[)] in/.test(document.querySelector('#image-status').innerText)")
     shoot(page, out, "Image")
