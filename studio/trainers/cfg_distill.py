@@ -37,7 +37,14 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from studio.config import to_dict
-from studio.guidance import cfg_combine, check_guidance_scale, guidance_embedding
+from studio.guidance import (
+    cfg_combine,
+    check_guidance_interval,
+    check_guidance_rescale,
+    check_guidance_scale,
+    guidance_embedding,
+    rescale_guided,
+)
 from studio.io import atomic_dir, atomic_write_text, write_png
 from studio.models.text import encode_text
 from studio.models.unet import with_guidance_input
@@ -60,6 +67,9 @@ class CFGDistillConfig(TrainerConfig):
         world: the world whose captions train the student and whose judges score it (default: ``base``'s).
         data_seed: base seed of the world caption/data stream.
         guidance_scale: the teacher's guidance ``w``.
+        guidance_rescale, guidance_interval: the teacher's guidance refinements (:class:`studio.guidance.Guidance`):
+            its target is rescaled by ``φ``, and outside the interval of noise levels it is the conditional
+            prediction alone, as the pipelines sample with those settings.
         on_policy: fraction of distillation states taken from the student's own rollouts (rest: noised data).
         rollout_steps: DDIM steps of the rollout schedule; a state is taken at a uniformly drawn step of it.
         diversity_weight: ``β``; 0 trains the pure distillation ("quality") student.
@@ -78,6 +88,8 @@ class CFGDistillConfig(TrainerConfig):
     world: str | None = None
     data_seed: int = 4321
     guidance_scale: float = 4.0
+    guidance_rescale: float = 0.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
     on_policy: float = 0.75
     rollout_steps: int = 10
     diversity_weight: float = 0.0
@@ -93,6 +105,8 @@ class CFGDistillConfig(TrainerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_guidance_scale(self.guidance_scale)
+        check_guidance_rescale(self.guidance_rescale)
+        self.guidance_interval = check_guidance_interval(self.guidance_interval)
         if not (isinstance(self.guidance_min, (int, float)) and 0 <= self.guidance_min < math.inf):
             raise ValueError(f"guidance_min must be a finite number >= 0, got {self.guidance_min!r}")
         if self.guidance_conditioned and self.guidance_min > self.guidance_scale:
@@ -184,13 +198,24 @@ class CFGDistillTrainer(Trainer):
         mask: torch.Tensor | None,
         scales: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The teacher's guided output ``f_u + w·(f_c − f_u)`` in one doubled batch (``w``: per sample if given)."""
+        """The teacher's guided output ``f_u + w·(f_c − f_u)`` in one doubled batch (``w``: per sample if given).
+
+        With the config's guidance refinements, the output is rescaled by ``φ`` and, at samples whose
+        noise level ``t / T`` lies outside the guidance interval, is the conditional output alone.
+        """
+        cfg = self.config
         n = len(x_t)
         null = self.null_embeds.expand(n, -1, -1)
         both_mask = None if mask is None else torch.cat([self.null_mask.expand(n, -1), mask])
         out = self.predictor(self.teacher, torch.cat([null, embeds]), both_mask)(torch.cat([x_t, x_t]), t.repeat(2))
         uncond, cond = out.chunk(2)
-        return cfg_combine(uncond, cond, self.config.guidance_scale if scales is None else scales)
+        guided = cfg_combine(uncond, cond, cfg.guidance_scale if scales is None else scales)
+        guided = rescale_guided(guided, cond, cfg.guidance_rescale)
+        if tuple(cfg.guidance_interval) == (0.0, 1.0):
+            return guided
+        low, high = cfg.guidance_interval
+        level = t.float().reshape(-1, *([1] * (cond.ndim - 1))) / len(self.alphas_cumprod)
+        return torch.where((level >= low) & (level <= high), guided, cond)
 
     @torch.no_grad()
     def distillation_states(self, samples, gens, embeds, mask, scales=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,6 +369,10 @@ class CFGDistillTrainer(Trainer):
                 "Samples without classifier-free guidance (one UNet call per step) what "
                 f"`{cfg.base}` samples with guidance w={cfg.guidance_scale:g}"
             )
+        if cfg.guidance_rescale:
+            what += f", rescaled by φ={cfg.guidance_rescale:g}"
+        if tuple(cfg.guidance_interval) != (0.0, 1.0):
+            what += " and applied at noise levels t/T in [{:g}, {:g}] only".format(*cfg.guidance_interval)
         return f"""# CFG-distilled student of `{cfg.base}`
 
 {what}; {reward}. {cfg.on_policy:.0%} of distillation states on-policy from

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from studio.guidance import cfg_combine
+from studio.guidance import cfg_combine, rescale_guided
 from studio.pipelines import load_pipeline
 from studio.trainers.base import sample_generator
 from studio.trainers.cfg_distill import CFGDistillConfig, CFGDistillTrainer
@@ -46,6 +46,24 @@ def test_at_init_the_loss_is_the_guidance_gap(tiny_shapes_folder, tmp_path):
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-7)
     assert expected > 0 and metrics["distill"] == pytest.approx(loss.item())
     torch.testing.assert_close(expected, 4 * ((cond - uncond) ** 2).mean(), rtol=1e-4, atol=1e-7)
+
+
+def test_the_teacher_target_follows_the_guidance_refinements(tiny_shapes_folder, tmp_path):
+    trainer = make_trainer(
+        tiny_shapes_folder, tmp_path, guidance_scale=3.0, guidance_rescale=0.7, guidance_interval=(0.0, 0.6)
+    )
+    embeds, mask = trainer.encode(["a red circle", "a blue star", "a green ring"])
+    x_t = torch.randn(3, *trainer.sample_shape(), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([900, 600, 100])  # above the interval, at its top, inside it
+    with torch.no_grad():
+        target = trainer.guided_target(x_t, t, embeds, mask)
+        cond = trainer.predictor(trainer.teacher, embeds, mask)(x_t, t)
+        null = trainer.null_embeds.expand(3, -1, -1)
+        uncond = trainer.predictor(trainer.teacher, null, trainer.null_mask.expand(3, -1))(x_t, t)
+    refined = rescale_guided(cfg_combine(uncond, cond, 3.0), cond, 0.7)
+    torch.testing.assert_close(target[0], cond[0], rtol=1e-3, atol=2e-5)  # outside: the conditional alone
+    torch.testing.assert_close(target[1:], refined[1:], rtol=1e-3, atol=2e-5)
+    assert (refined[1:] - cfg_combine(uncond, cond, 3.0)[1:]).abs().max() > 1e-3  # the rescale acts
 
 
 def test_student_learns_the_guided_target_and_teacher_stays_frozen(tiny_shapes_folder, tmp_path):
@@ -151,6 +169,8 @@ def test_guidance_conditioned_student_exports_a_pipeline_that_reads_the_scale(ti
         ({"guidance_min": float("nan")}, "guidance_min must be a finite number"),
         ({"on_policy": 1.5}, "on_policy"),
         ({"guidance_scale": float("inf")}, "guidance"),
+        ({"guidance_rescale": 1.5}, r"guidance_rescale must be a number in \[0, 1\]"),
+        ({"guidance_interval": (0.7, 0.2)}, "guidance_interval must satisfy"),
         ({"diversity_mode": "reinforce", "diversity_prompts": 1}, "diversity_prompts"),
         ({"backprop_steps": 9, "diversity_steps": 8}, "backprop_steps"),
     ],
