@@ -53,6 +53,10 @@ class EmbeddedModel:
 
 
 #: Every shipped model by name.
+#: The teacher the shipped ``shapes`` students were distilled from: w = 3, rescaled, guided only at t/T <= 0.6
+#: (docs/BASE_MODELS.md: the best guided setting of the ``shapes`` base).
+REFINED_SHAPES_TEACHER = "--set guidance_scale=3 --set guidance_rescale=0.7 --set guidance_interval=0,0.6"
+
 EMBEDDED: dict[str, EmbeddedModel] = {
     "shapes": EmbeddedModel(
         "image",
@@ -62,12 +66,16 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     ),
     "synth": EmbeddedModel("audio", "synth", "mixstudio train pretrain-synth-gpu --set export=assets/models/synth"),
     "shapes-quality": EmbeddedModel(
-        "image", "shapes", "mixstudio train cfg-distill-shapes --set export=assets/models/shapes-quality", "quality"
+        "image",
+        "shapes",
+        f"mixstudio train cfg-distill-shapes {REFINED_SHAPES_TEACHER} --set export=assets/models/shapes-quality",
+        "quality",
     ),
     "shapes-diversity": EmbeddedModel(
         "image",
         "shapes",
-        "mixstudio train cfg-distill-shapes --set diversity_weight=1 --set export=assets/models/shapes-diversity",
+        f"mixstudio train cfg-distill-shapes {REFINED_SHAPES_TEACHER} --set diversity_weight=0.5 "
+        "--set export=assets/models/shapes-diversity",
         "diversity",
     ),
     "synth-quality": EmbeddedModel(
