@@ -150,20 +150,8 @@ def _image_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown]:
             gallery = gr.Gallery(label="images", columns=4, elem_id="image-gallery", elem_classes=["pixelated"])
             status = gr.Markdown(elem_id="image-status")
             manifest = gr.File(label="manifest.json")
-    inputs = [
-        model,
-        prompt,
-        negative,
-        steps,
-        guidance,
-        seed,
-        count,
-        scheduler,
-        adapter,
-        strength,
-        rescale,
-        guided_below,
-    ]
+    inputs = [model, prompt, negative, steps, guidance, seed, count, scheduler, adapter, strength]
+    inputs += [rescale, guided_below]
     button.click(h.generate_image, inputs, [gallery, manifest, status], **HEAVY)
     prompt.submit(h.generate_image, inputs, [gallery, manifest, status], **HEAVY)
     return model, adapter
