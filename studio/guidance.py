@@ -69,11 +69,11 @@ def check_guidance_interval(interval: tuple[float, float]) -> tuple[float, float
 
 def in_guidance_interval(
     timestep: float | torch.Tensor, num_train_timesteps: int, interval: tuple[float, float]
-) -> bool:
-    """Whether a sampling step at ``timestep`` (of ``num_train_timesteps``) is guided."""
+) -> bool | torch.Tensor:
+    """Whether a step at ``timestep`` (of ``num_train_timesteps``) is guided; elementwise for a tensor."""
     low, high = interval
-    level = float(timestep) / num_train_timesteps
-    return low <= level <= high
+    level = timestep / num_train_timesteps
+    return (level >= low) & (level <= high)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Guidance:
 
     def guides_at(self, timestep: float | torch.Tensor, num_train_timesteps: int) -> bool:
         """Whether the step at ``timestep`` needs the unconditional branch."""
-        return uses_guidance(self.scale) and in_guidance_interval(timestep, num_train_timesteps, self.interval)
+        return uses_guidance(self.scale) and bool(in_guidance_interval(timestep, num_train_timesteps, self.interval))
 
 
 def uses_guidance(guidance_scale: float) -> bool:

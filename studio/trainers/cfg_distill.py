@@ -43,6 +43,7 @@ from studio.guidance import (
     check_guidance_rescale,
     check_guidance_scale,
     guidance_embedding,
+    in_guidance_interval,
     rescale_guided,
 )
 from studio.io import atomic_dir, atomic_write_text, write_png
@@ -211,11 +212,8 @@ class CFGDistillTrainer(Trainer):
         uncond, cond = out.chunk(2)
         guided = cfg_combine(uncond, cond, cfg.guidance_scale if scales is None else scales)
         guided = rescale_guided(guided, cond, cfg.guidance_rescale)
-        if tuple(cfg.guidance_interval) == (0.0, 1.0):
-            return guided
-        low, high = cfg.guidance_interval
-        level = t.float().reshape(-1, *([1] * (cond.ndim - 1))) / len(self.alphas_cumprod)
-        return torch.where((level >= low) & (level <= high), guided, cond)
+        t = t.float().reshape(-1, *([1] * (cond.ndim - 1)))
+        return torch.where(in_guidance_interval(t, len(self.alphas_cumprod), cfg.guidance_interval), guided, cond)
 
     @torch.no_grad()
     def distillation_states(self, samples, gens, embeds, mask, scales=None) -> tuple[torch.Tensor, torch.Tensor]:
