@@ -16,8 +16,9 @@ guidance_scale]`` and the target uses that ``w``, so one student serves the whol
 A diversity reward keeps the student's outputs varied: two samples of one prompt, ``D = 1 − cos(E(x1), E(x2))``
 with ``E`` the *reward* judge's embedding (the eval judge stays untouched, so reward hacking shows as a gap).
 The objective maximised is ``−L_distil + β·D``, with ``D`` optimised either by backpropagating through the
-last ``backprop_steps`` sampler steps (images: pixels or VAE decoder are differentiable) or by REINFORCE
-over a stochastic (η = 1) trajectory with a batch-mean baseline (any modality, including mel + Griffin-Lim).
+last ``backprop_steps`` sampler steps (images through pixels or the VAE decoder, music through the mel
+vocoder with its Griffin-Lim phase held fixed) or by REINFORCE over a stochastic (η = 1) trajectory with a
+batch-mean baseline.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class CFGDistillConfig(TrainerConfig):
         on_policy: fraction of distillation states taken from the student's own rollouts (rest: noised data).
         rollout_steps: DDIM steps of the rollout schedule; a state is taken at a uniformly drawn step of it.
         diversity_weight: ``β``; 0 trains the pure distillation ("quality") student.
-        diversity_mode: ``backprop`` (through the sampler; images only) or ``reinforce`` (policy gradient).
+        diversity_mode: ``backprop`` (through the sampler) or ``reinforce`` (policy gradient).
         diversity_prompts: prompts per step that get two reward samples each (≥ 2 for REINFORCE's baseline).
         diversity_steps: sampler steps of the reward rollouts.
         backprop_steps: steps that carry gradients: the last ones (backprop) or a random subset (REINFORCE).
@@ -151,11 +152,6 @@ class CFGDistillTrainer(Trainer):
         self.embedder = None
         if cfg.diversity_weight > 0:
             self.embedder = JudgeEmbedder(self.pipe, self.world.name, "reward")
-            if cfg.diversity_mode == "backprop" and not self.embedder.differentiable:
-                raise ValueError(
-                    "diversity_mode=backprop needs a differentiable decoder; the mel vocoder is not: "
-                    "use diversity_mode=reinforce for music"
-                )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.null_embeds, self.null_mask = self.encode([""])
 

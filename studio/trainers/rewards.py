@@ -1,10 +1,11 @@
 """Rewards that trainers optimise: one interface, judged on the *reward* judge (never the eval judge).
 
 An :class:`Embedder` maps a batch of samples in a pipeline's model space (pixels, VAE latents,
-mel images) to embeddings; rewards are functions of embeddings. Image embedders are
-differentiable end to end (pixels or VAE decoder → judge), so rewards can be backpropagated
-through the sampler; audio embedders decode mels with the Griffin-Lim vocoder, which is not
-differentiable, so audio rewards are optimised by policy gradient (REINFORCE).
+mel images) to embeddings; rewards are functions of embeddings. Every embedder here is
+differentiable, so rewards can be backpropagated through the sampler: images end to end (pixels
+or VAE decoder → judge), music through the mel vocoder with its Griffin-Lim phase held fixed
+(:meth:`studio.models.audio.MelCodec.decode`). Trainers may also optimise any reward by policy
+gradient (REINFORCE), which needs no gradient at all.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from studio.judges import load_judge
 
 
 class Embedder(Protocol):
-    """``(B, ...) model-space samples -> (B, D) embeddings``; ``differentiable`` says whether gradients flow."""
-
-    differentiable: bool
+    """``(B, ...) model-space samples -> (B, D) embeddings``, differentiable in the samples."""
 
     def __call__(self, samples: torch.Tensor) -> torch.Tensor: ...
 
@@ -38,13 +37,11 @@ class JudgeEmbedder:
         self.judge = load_judge(world, role).eval().requires_grad_(False)
         self.vae = getattr(pipe, "vae", None)
         self.codec = getattr(pipe, "codec", None)
-        self.differentiable = self.codec is None
 
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         """Model space → judge input: images ``(B, 3, H, W)`` in [-1, 1], or waveforms ``(B, T)``."""
         if self.codec is not None:
-            with torch.no_grad():
-                return self.codec.decode(samples.float())
+            return self.codec.decode(samples.float())
         if self.vae is not None:
             return self.vae.decode(samples / self.vae.config.scaling_factor).sample.clamp(-1, 1)
         return samples.clamp(-1, 1)
