@@ -172,8 +172,10 @@ def cfg_distill_synth() -> CFGDistillConfig:
     The shipped ``synth-quality`` distils the teacher at w = 2 for 45 minutes (``--set guidance_scale=2 --set
     max_minutes=45``; at the default w = 4 and 28 minutes the student lost 13 adherence points to its teacher).
     The shipped ``synth-diversity`` is ``--set guidance_scale=2 --set diversity_weight=0.5 --set max_minutes=33``.
-    The Griffin-Lim vocoder is not differentiable, so the diversity term trains by policy gradient on η = 1
-    trajectories (two samples for each of 4 prompts per step, batch-normalised advantage).
+    The diversity reward is backpropagated through the last two of eight sampler steps and the mel vocoder,
+    whose Griffin-Lim phase is held fixed in the backward pass (two samples for each of 4 prompts per step).
+    ``--set diversity_mode=reinforce`` trains it by policy gradient instead; that student, the one shipped
+    before, ended less diverse than its β = 0 partner (docs/CFG_DISTILL.md).
     """
     return CFGDistillConfig(
         base="synth",
@@ -181,7 +183,7 @@ def cfg_distill_synth() -> CFGDistillConfig:
         guidance_scale=4.0,
         on_policy=0.75,
         rollout_steps=10,
-        diversity_mode="reinforce",
+        diversity_mode="backprop",
         diversity_prompts=4,
         max_steps=400,
         batch_size=8,
