@@ -53,6 +53,7 @@ def main() -> None:
         "w=1": {"guidance_scale": 1.0},
     }
     rows = []
+    unets = ("eager", "compiled") if args.compile else ("eager",)
     cases = [("shapes", "image", "a red circle", 4), ("synth", "audio", "a fast minor tune with a rock beat", 2)]
     cases = [(model, modality, prompt, count, list(settings)) for model, modality, prompt, count in cases]
     for world, modality, prompt, count, _ in list(cases):
@@ -65,7 +66,7 @@ def main() -> None:
     for model, modality, prompt, count, names in cases:
         pipe = load_pipeline(model, modality)
         key = "num_images_per_prompt" if modality == "image" else "num_waveforms_per_prompt"
-        for unet in ("eager", "compiled") if args.compile else ("eager",):
+        for unet in unets:
             if unet == "compiled":
                 pipe.unet.compile(dynamic=False)  # one graph per batch size: CFG doubles it
             for name in names:
@@ -88,7 +89,7 @@ def main() -> None:
     for model, count, name, unet, first, seconds in rows:
         print(f"{model:<16} {count:>5} {name:>16} {unet:>8} {seconds:>8.2f} {first:>10.2f}")
     seconds = {(m, g, u): s for m, _, g, u, _, s in rows}
-    for unet in ("eager", "compiled") if args.compile else ("eager",):
+    for unet in unets:
         for model in ("shapes", "synth"):
             cfg = seconds[model, "w=4", unet]
             print(f"{unet} {model}: CFG costs {cfg / seconds[model, 'w=1', unet]:.2f}x the unguided sampler")

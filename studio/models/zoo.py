@@ -52,11 +52,11 @@ class EmbeddedModel:
     role: Literal["base", "quality", "diversity"] = "base"
 
 
-#: Every shipped model by name.
 #: The teacher the shipped ``shapes`` students were distilled from: w = 3, rescaled, guided only at t/T <= 0.6
 #: (docs/BASE_MODELS.md: the best guided setting of the ``shapes`` base).
 REFINED_SHAPES_TEACHER = "--set guidance_scale=3 --set guidance_rescale=0.7 --set guidance_interval=0,0.6"
 
+#: Every shipped model by name.
 EMBEDDED: dict[str, EmbeddedModel] = {
     "shapes": EmbeddedModel(
         "image",
