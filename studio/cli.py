@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -302,7 +303,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, out=args.out)
     command = "mixstudio " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     result = run_config(config, command=command)
-    print(result)
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary for a data-parallel run, from its first process
+        print(result)
     return 0
 
 

@@ -164,7 +164,7 @@ A diffusers `AutoencoderKL` ({sum(p.numel() for p in self.vae.parameters()):,} p
 
 - Made by: `{self.command or "mixstudio train vae-" + cfg.world}`
 - Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}); wall time {metrics["train_minutes"]:.1f} min
-  on {training_hardware(self.accelerator.device)}
+  on {training_hardware(self.accelerator.device, self.accelerator.num_processes)}
 - Held-out reconstructions ({cfg.eval_samples} renders): PSNR {metrics["psnr"]:.2f} dB; eval judge on the
   reconstructions: {judged or "not judged"}
 """

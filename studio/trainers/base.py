@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -104,12 +105,15 @@ def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def training_hardware(device: torch.device) -> str:
-    """What a run trained on, for model cards: ``1 NVIDIA H100 80GB HBM3`` or ``2 CPU threads``."""
+def training_hardware(device: torch.device, processes: int = 1) -> str:
+    """What a run trained on, for model cards: ``1 NVIDIA H100 80GB HBM3``, ``2 CPU threads``, or with
+    data parallelism ``2 processes × 1 CPU thread``."""
     if device.type == "cuda":
-        return f"1 {torch.cuda.get_device_name(device)}"
-    threads = torch.get_num_threads()
-    return f"{threads} CPU thread{'s' if threads > 1 else ''}"
+        one = f"1 {torch.cuda.get_device_name(device)}"
+    else:
+        threads = torch.get_num_threads()
+        one = f"{threads} CPU thread{'s' if threads > 1 else ''}"
+    return one if processes == 1 else f"{processes} processes × {one}"
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -124,6 +128,17 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+    """An ``Accelerator`` that also sees torchrun's processes on a machine without a GPU.
+
+    Launched by torchrun (``LOCAL_RANK`` set) with no CUDA device, accelerate finds no
+    multi-device backend and, unless told ``cpu=True``, falls back to one process per copy:
+    every rank would then train the whole batch alone and write the same run folder.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=mixed_precision, cpu=launched and not torch.cuda.is_available())
+
+
 class Trainer(ABC):
     """Shared fit loop. Subclasses set ``self.model`` (the trainable module) and ``self.optimizer`` in ``build``."""
 
@@ -134,7 +149,7 @@ class Trainer(ABC):
     def __init__(self, config: TrainerConfig, accelerator: Accelerator | None = None, command: str = ""):
         self.config = config
         self.command = command
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(config.mixed_precision)
         self.step = 0
         self.out = Path(config.out)
         if config.batch_size % self.accelerator.num_processes:
@@ -241,7 +256,9 @@ class Trainer(ABC):
             self.save_checkpoint()
         if evaluated_at != self.step:
             evaluated = self.run_evaluate()
-        metrics = {**metrics, **evaluated, "train_minutes": (time.time() - start) / 60, "steps": self.step}
+        minutes = (time.time() - start) / 60
+        metrics = {**metrics, **evaluated, "train_minutes": minutes, "steps": self.step}
+        metrics["processes"] = self.accelerator.num_processes
         if self.accelerator.is_main_process:
             self.export(metrics)
         return metrics
@@ -260,8 +277,10 @@ class Trainer(ABC):
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.after_step()
-        loss_value = self.accelerator.reduce(loss.detach(), reduction="mean").item()
-        return {"loss": loss_value, **metrics}
+        # every process logs the means over all processes (one collective for all the numbers)
+        values = torch.tensor([loss.item(), *metrics.values()], device=self.accelerator.device)
+        values = self.accelerator.reduce(values, reduction="mean").tolist()
+        return dict(zip(["loss", *metrics], values, strict=True))
 
     def after_step(self) -> None:
         """Hook after each optimizer step (EMA updates)."""

@@ -367,6 +367,7 @@ class CFGDistillTrainer(Trainer):
             what += f", rescaled by φ={cfg.guidance_rescale:g}"
         if tuple(cfg.guidance_interval) != (0.0, 1.0):
             what += " and applied at noise levels t/T in [{:g}, {:g}] only".format(*cfg.guidance_interval)
+        hardware = training_hardware(self.accelerator.device, self.accelerator.num_processes)
         return f"""# CFG-distilled student of `{cfg.base}`
 
 {what}; {reward}. {cfg.on_policy:.0%} of distillation states on-policy from
@@ -374,7 +375,7 @@ class CFGDistillTrainer(Trainer):
 
 - Made by: `{self.command or "mixstudio train cfg-distill-" + str(cfg.world)}`
 - Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}, seed {cfg.seed})
-- Wall time: {metrics["train_minutes"]:.1f} min on {training_hardware(self.accelerator.device)}
+- Wall time: {metrics["train_minutes"]:.1f} min on {hardware}
 - Eval-judge adherence of the student's final sample grid ({cfg.sample_prompts} held-out prompts x 2, 25 DDIM
   steps): {metrics.get("sample_adherence", float("nan")):.3f}
 

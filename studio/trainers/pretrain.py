@@ -266,7 +266,8 @@ class PretrainTrainer(Trainer):
         return targets[-1]
 
     def model_card(self, metrics: dict[str, float], params: int) -> str:
-        return model_card(self.config, metrics, params, self.command, training_hardware(self.accelerator.device))
+        hardware = training_hardware(self.accelerator.device, self.accelerator.num_processes)
+        return model_card(self.config, metrics, params, self.command, hardware)
 
 
 def load_unet_weights(unet: torch.nn.Module, source: Path | str) -> None:

@@ -1,5 +1,6 @@
 """Two CPU processes (torchrun, gloo) train the same adapter as one process with the same global batch."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -39,6 +40,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_shapes_folder, 
     launch = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2"]
     subprocess.run([*launch, *args, "--out", str(two)], check=True, env=env, timeout=600)
 
+    # two copies of a one-process run would also agree with it: check the run really had two processes
+    assert json.loads((two / "adapter.json").read_text())["metrics"]["processes"] == 2
     single, parallel = load_file(one / "adapter.safetensors"), load_file(two / "adapter.safetensors")
     assert single.keys() == parallel.keys() and single
     for key in single:
