@@ -139,6 +139,16 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     return Accelerator(mixed_precision=mixed_precision, cpu=launched and not torch.cuda.is_available())
 
 
+def check_process_count(accelerator: Accelerator) -> None:
+    """Refuse an accelerator that runs fewer processes than the launcher started (each would train alone)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise RuntimeError(
+            f"launched as {launched} processes (WORLD_SIZE) but the accelerator runs {accelerator.num_processes}; "
+            "build it with studio.trainers.base.make_accelerator()"
+        )
+
+
 class Trainer(ABC):
     """Shared fit loop. Subclasses set ``self.model`` (the trainable module) and ``self.optimizer`` in ``build``."""
 
@@ -150,6 +160,7 @@ class Trainer(ABC):
         self.config = config
         self.command = command
         self.accelerator = accelerator or make_accelerator(config.mixed_precision)
+        check_process_count(self.accelerator)
         self.step = 0
         self.out = Path(config.out)
         if config.batch_size % self.accelerator.num_processes:

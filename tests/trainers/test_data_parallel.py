@@ -6,12 +6,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from studio.io import write_png
+from studio.trainers.base import check_process_count
 from studio.worlds import get_world
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -46,3 +48,13 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_shapes_folder, 
     assert single.keys() == parallel.keys() and single
     for key in single:
         torch.testing.assert_close(parallel[key], single[key], rtol=1e-4, atol=1e-6)
+
+
+def test_an_accelerator_that_misses_the_launched_processes_is_refused(monkeypatch):
+    one_process = SimpleNamespace(num_processes=1)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    check_process_count(one_process)  # a plain run
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="launched as 2 processes"):
+        check_process_count(one_process)
+    check_process_count(SimpleNamespace(num_processes=2))
