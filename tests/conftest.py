@@ -4,7 +4,16 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tokenizers import pre_tokenizers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    EncodecConfig,
+    MusicgenConfig,
+    MusicgenDecoderConfig,
+    MusicgenForConditionalGeneration,
+    T5Config,
+)
 
 from studio.models.audio import MelCodec
 from studio.models.unet import build_unet
@@ -130,4 +139,28 @@ def tiny_synth_folder(tmp_path_factory):
     """The seed-0 tiny music model saved to disk."""
     folder = tmp_path_factory.mktemp("model") / "tiny-synth"
     _tiny_music(0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_musicgen(tmp_path_factory, byte_tokenizer):
+    """A MusicGen folder: T5 text encoder, EnCodec (800 Hz, 50 frames/s, 2 codebooks of 16) and a 1-layer decoder."""
+    torch.manual_seed(0)
+    tokenizer, vocab = byte_tokenizer, 16
+    text = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
+    audio = EncodecConfig(
+        sampling_rate=800, target_bandwidths=[0.4], upsampling_ratios=[4, 4], num_filters=4, hidden_size=8,
+        codebook_size=vocab, codebook_dim=8, num_residual_layers=1, num_lstm_layers=1, audio_channels=1,
+    )  # fmt: skip
+    decoder = MusicgenDecoderConfig(
+        vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+        num_codebooks=2, pad_token_id=vocab, bos_token_id=vocab, max_position_embeddings=64,
+        initializer_factor=0.5,  # the default 0.02 leaves logits near-uniform and the prompt without effect
+    )  # fmt: skip
+    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder))
+    model.generation_config.decoder_start_token_id = vocab
+    model.generation_config.pad_token_id = vocab
+    folder = tmp_path_factory.mktemp("musicgen") / "tiny"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder

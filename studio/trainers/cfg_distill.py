@@ -53,11 +53,15 @@ from studio.models.unet import with_guidance_input
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler, gaussian_log_prob
 from studio.trainers.base import Trainer, TrainerConfig, sample_generator, training_hardware
-from studio.trainers.rewards import JudgeEmbedder, pair_diversity
+from studio.trainers.rewards import JudgeEmbedder, pair_diversity, pooled_statistics
 from studio.worlds import get_world, sample_seed
 from studio.worlds.base import to_tensor
 
 logger = logging.getLogger(__name__)
+
+#: Sample index of the draws that a whole training step shares (REINFORCE's choice of steps); beyond any
+#: real sample index, so it never collides with one.
+STEP_DRAW = 2**62
 
 
 @dataclass(kw_only=True)
@@ -239,8 +243,19 @@ class CFGDistillTrainer(Trainer):
         return x_t, t
 
     def diversity_loss(self, embeds, mask, gens, scales=None) -> tuple[torch.Tensor, float]:
-        """``(loss, mean reward)`` of two student samples per prompt; minimising the loss raises the reward."""
+        """``(loss, mean reward)`` of two student samples for each of this process's diversity prompts.
+
+        The step's reward prompts are the first ``diversity_prompts`` of the global batch, on whichever
+        processes hold them (a process may hold none). Data-parallel gradients are averaged over
+        processes, so the local loss is the sum over local samples times ``processes / count``, and the
+        reward statistics (REINFORCE's baseline, the logged mean) are reduced over processes: every
+        process layout computes one process's update.
+        """
         cfg, device = self.config, self.accelerator.device
+        weight = self.accelerator.num_processes / cfg.diversity_prompts  # per prompt pair
+        if not gens:  # this process holds none of the step's reward prompts; it still joins the reduction
+            nothing = torch.zeros(0, device=device)
+            return torch.zeros((), device=device), pooled_statistics(nothing, self.accelerator)[0]
         embeds = embeds.repeat_interleave(2, 0)
         mask = None if mask is None else mask.repeat_interleave(2, 0)
         scales = None if scales is None else scales.repeat_interleave(2, 0)
@@ -249,19 +264,25 @@ class CFGDistillTrainer(Trainer):
         if cfg.diversity_mode == "backprop":
             emb = self.embedder(self.reward_sampler.sample(predict, x_T, grad_steps=cfg.backprop_steps))
             reward = pair_diversity(emb[0::2], emb[1::2])
-            return -reward.mean(), reward.mean().item()
-        return self.reinforce_loss(predict, x_T, gens)
+            return -weight * reward.sum(), pooled_statistics(reward, self.accelerator)[0]
+        return self.reinforce_loss(predict, x_T, gens, weight / 2)
 
-    def reinforce_loss(self, predict, x_T: torch.Tensor, gens) -> tuple[torch.Tensor, float]:
-        """REINFORCE on an η = 1 trajectory: ``−mean(A · log p)`` over a random subset of its stochastic steps.
+    def reinforce_loss(self, predict, x_T: torch.Tensor, gens, weight: float) -> tuple[torch.Tensor, float]:
+        """REINFORCE on an η = 1 trajectory: ``−Σ weight · A · log p`` over a random subset of its stochastic steps.
 
         ``log p`` is the per-dimension mean log-density of each chosen step (the scale of a sum over
-        thousands of pixels would swamp the distillation loss); ``A`` is the pair's reward minus the batch
-        mean, divided by the batch standard deviation.
+        thousands of pixels would swamp the distillation loss); ``A`` is the pair's reward minus the mean
+        over every process's pairs, divided by their standard deviation. Each sample's noise comes from
+        its prompt's generator and the chosen steps from one draw per training step, so the update does
+        not depend on the process layout.
         """
         cfg, sampler = self.config, self.reward_sampler
         steps = len(sampler.timesteps) - 1  # the last step is deterministic (ᾱ_prev = 1): no density
-        noises = [torch.randn(x_T.shape, generator=gens[0]).to(x_T.device) for _ in range(steps)]
+        shape = x_T.shape[1:]
+        noises = [
+            torch.stack([torch.randn(shape, generator=g) for g in gens for _ in range(2)]).to(x_T.device)
+            for _ in range(steps)
+        ]
         trajectory, x = [], x_T
         with torch.no_grad():
             for i in range(steps):
@@ -271,14 +292,16 @@ class CFGDistillTrainer(Trainer):
             x, _ = sampler.step(predict, x, steps, torch.zeros_like(x))  # σ = 0 at the last step
             emb = self.embedder(x)
         reward = pair_diversity(emb[0::2], emb[1::2])
-        advantage = ((reward - reward.mean()) / (reward.std() + 1e-6)).repeat_interleave(2)
-        chosen = torch.randperm(steps, generator=gens[0])[: cfg.backprop_steps].tolist()
+        mean, std = pooled_statistics(reward, self.accelerator)
+        advantage = ((reward - mean) / (std + 1e-6)).repeat_interleave(2)
+        step_draw = sample_generator(cfg.seed, self.step, STEP_DRAW)
+        chosen = torch.randperm(steps, generator=step_draw)[: cfg.backprop_steps].tolist()
         log_p = 0
         for i in chosen:
             _, x_i, x_prev = trajectory[i]
             step = sampler.step(predict, x_i, i, noises[i])[1]
             log_p = log_p + gaussian_log_prob(x_prev, step.mean, step.std) / x_prev[0].numel()
-        return -(advantage * log_p).mean(), reward.mean().item()
+        return -weight * (advantage * log_p).sum(), mean
 
     # ---- the step -----------------------------------------------------------------------------
     def train_step(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -294,9 +317,12 @@ class CFGDistillTrainer(Trainer):
         distill = F.mse_loss(pred.float(), target.float())
         loss, metrics = distill, {"distill": distill.item()}
         if self.embedder is not None:
-            p = cfg.diversity_prompts
+            mine = [k for k, i in enumerate(indices) if i % cfg.batch_size < cfg.diversity_prompts]
             div, reward = self.diversity_loss(
-                embeds[:p], None if mask is None else mask[:p], gens[:p], None if scales is None else scales[:p]
+                embeds[mine],
+                None if mask is None else mask[mine],
+                [gens[k] for k in mine],
+                None if scales is None else scales[mine],
             )
             loss = loss + cfg.diversity_weight * div
             metrics["diversity_reward"] = reward

@@ -31,7 +31,7 @@ from studio.config import to_dict
 from studio.guidance import cfg_combine, check_guidance_scale
 from studio.io import atomic_dir, atomic_write_text
 from studio.trainers.base import Trainer, TrainerConfig, sample_generator
-from studio.trainers.rewards import pair_diversity
+from studio.trainers.rewards import pair_diversity, pooled_statistics
 from studio.worlds import get_world, sample_seed
 
 logger = logging.getLogger(__name__)
@@ -200,25 +200,31 @@ class MusicgenDistillTrainer(Trainer):
         # teacher's exact distributions, so the student trains in eval mode (no batch norm anywhere)
         self.model.eval()
         texts = self.prompts(indices)
-        pairs = min(cfg.diversity_prompts, len(indices)) if cfg.diversity_weight > 0 else 0
-        texts = texts + texts[:pairs]  # the first `pairs` prompts are sampled twice
+        # the first `diversity_prompts` of the global batch are sampled twice, on whichever processes hold them
+        reward_prompts = min(cfg.diversity_prompts, cfg.batch_size) if cfg.diversity_weight > 0 else 0
+        mine = [k for k, i in enumerate(indices) if i % cfg.batch_size < reward_prompts]
+        texts = texts + [texts[k] for k in mine]
         gens = [sample_generator(cfg.seed, self.step, i) for i in indices]
-        gens += [sample_generator(cfg.seed + 1, self.step, i) for i in indices[:pairs]]
+        gens += [sample_generator(cfg.seed + 1, self.step, indices[k]) for k in mine]
         states, mask = self.encode(texts)
         ids, pattern = self.rollout(states, mask, gens)
         kl, log_p = self.distill_loss(states, mask, ids, pattern)
         metrics = {"kl": kl.item()}
-        loss = kl
-        if pairs:
-            audio = self.decode_audio(ids, pattern)
-            sample_rate = self.teacher.config.audio_encoder.sampling_rate
-            embeddings = self.embedder(audio, sample_rate)
-            n = len(indices)
-            reward = pair_diversity(embeddings[:pairs], embeddings[n:])
-            advantage = (reward - reward.mean()).detach()
-            pg = -(advantage * (log_p[:pairs] + log_p[n:])).mean()
-            loss = loss + cfg.diversity_weight * pg
-            metrics["diversity"] = reward.mean().item()
+        # data-parallel gradients are averaged over processes: weigh this process's samples by their share
+        processes, n = self.accelerator.num_processes, len(indices)
+        loss = kl * processes * len(texts) / (cfg.batch_size + reward_prompts)
+        if reward_prompts:
+            reward = torch.zeros(0, device=kl.device)
+            if mine:
+                audio = self.decode_audio(ids, pattern)
+                embeddings = self.embedder(audio, self.teacher.config.audio_encoder.sampling_rate)
+                reward = pair_diversity(embeddings[mine], embeddings[n:])
+            baseline, _ = pooled_statistics(reward, self.accelerator)
+            if mine:
+                advantage = (reward - baseline).detach()
+                pg = -(advantage * (log_p[mine] + log_p[n:])).sum() * processes / reward_prompts
+                loss = loss + cfg.diversity_weight * pg
+            metrics["diversity"] = baseline
         return loss, metrics
 
     # ---- checkpoints and export -------------------------------------------------------------

@@ -10,6 +10,7 @@ gradient (REINFORCE), which needs no gradient at all.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -56,3 +57,15 @@ def pair_diversity(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     Example: identical embeddings give 0, orthogonal ones 1, opposite ones 2.
     """
     return 1 - F.cosine_similarity(first, second, dim=-1)
+
+
+def pooled_statistics(values: torch.Tensor, accelerator) -> tuple[float, float]:
+    """Mean and unbiased standard deviation of ``values`` pooled over every data-parallel process.
+
+    One collective, which every process must join, including one that holds no values this step.
+    """
+    local = values.detach().double()
+    count = torch.tensor(float(len(local)), dtype=local.dtype, device=local.device)
+    total, squares, count = accelerator.reduce(torch.stack([local.sum(), (local**2).sum(), count]), "sum").tolist()
+    mean = total / count
+    return mean, math.sqrt(max(squares - count * mean**2, 0.0) / max(count - 1, 1))

@@ -3,41 +3,11 @@
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (
-    EncodecConfig,
-    MusicgenConfig,
-    MusicgenDecoderConfig,
-    MusicgenForConditionalGeneration,
-    T5Config,
-)
+from transformers import MusicgenForConditionalGeneration
 
 from studio.trainers.musicgen_distill import MusicgenDistillConfig, MusicgenDistillTrainer
 
-VOCAB, CODEBOOKS = 16, 2
-
-
-@pytest.fixture(scope="module")
-def tiny_musicgen(tmp_path_factory, byte_tokenizer):
-    """A MusicGen folder: T5 text encoder, EnCodec (800 Hz, 50 frames/s, 2 codebooks) and a 1-layer decoder."""
-    torch.manual_seed(0)
-    tokenizer = byte_tokenizer
-    text = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
-    audio = EncodecConfig(
-        sampling_rate=800, target_bandwidths=[0.4], upsampling_ratios=[4, 4], num_filters=4, hidden_size=8,
-        codebook_size=VOCAB, codebook_dim=8, num_residual_layers=1, num_lstm_layers=1, audio_channels=1,
-    )  # fmt: skip
-    decoder = MusicgenDecoderConfig(
-        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
-        num_codebooks=CODEBOOKS, pad_token_id=VOCAB, bos_token_id=VOCAB, max_position_embeddings=64,
-        initializer_factor=0.5,  # the default 0.02 leaves logits near-uniform and the prompt without effect
-    )  # fmt: skip
-    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder))
-    model.generation_config.decoder_start_token_id = VOCAB
-    model.generation_config.pad_token_id = VOCAB
-    folder = tmp_path_factory.mktemp("musicgen") / "tiny"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+VOCAB, CODEBOOKS = 16, 2  # of the tiny_musicgen fixture (tests/conftest.py)
 
 
 def tiny_config(folder, out, **overrides) -> MusicgenDistillConfig:
