@@ -131,9 +131,10 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     """An ``Accelerator`` that also sees torchrun's processes on a machine without a GPU.
 
-    Launched by torchrun (``LOCAL_RANK`` set) with no CUDA device, accelerate finds no
-    multi-device backend and, unless told ``cpu=True``, falls back to one process per copy:
-    every rank would then train the whole batch alone and write the same run folder.
+    Launched as several processes (torchrun or ``accelerate launch``: ``WORLD_SIZE`` > 1) on a
+    machine with no CUDA device, accelerate finds no multi-device backend and, unless told
+    ``cpu=True``, runs each process as a lone copy: every rank would then train the whole batch
+    alone and write the same run folder.
     """
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(mixed_precision=mixed_precision, cpu=launched and not torch.cuda.is_available())
