@@ -55,6 +55,24 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_shapes_folder, 
 
 
 @needs_torchrun
+def test_pretraining_over_two_processes_equals_one(tmp_path):
+    """A base model from scratch: same initialisation, per-sample draws, EMA; exported weights agree."""
+    settings = [
+        "channels=16,32", "attention_levels=1", "batch_size=4", "max_steps=3", "lr=1e-3", "sample_prompts=2",
+        "checkpoint_every=3", "seed=3",
+    ]  # fmt: skip
+    train("pretrain-shapes", settings, tmp_path / "one")
+    train("pretrain-shapes", settings, tmp_path / "two", processes=2)
+    metrics = json.loads((tmp_path / "two" / "model" / "train_metrics.json").read_text())
+    assert metrics["processes"] == 2
+    weights = "model/unet/diffusion_pytorch_model.safetensors"
+    single, parallel = load_file(tmp_path / "one" / weights), load_file(tmp_path / "two" / weights)
+    assert single.keys() == parallel.keys() and single
+    for key in single:
+        torch.testing.assert_close(parallel[key], single[key], rtol=1e-4, atol=1e-6)
+
+
+@needs_torchrun
 @pytest.mark.parametrize("mode", ["backprop", "reinforce"])
 def test_the_diversity_reward_is_one_update_over_two_processes(tiny_shapes_folder, tmp_path, mode):
     """Three reward prompts of a batch of four: two on the first process, one on the second. Rewards are
