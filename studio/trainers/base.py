@@ -136,13 +136,18 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     ``cpu=True``, runs each process as a lone copy: every rank would then train the whole batch
     alone and write the same run folder.
     """
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision=mixed_precision, cpu=launched and not torch.cuda.is_available())
+    cpu = launched_processes() > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (torchrun, ``accelerate launch``) started; 1 for a plain run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_process_count(accelerator: Accelerator) -> None:
     """Refuse an accelerator that runs fewer processes than the launcher started (each would train alone)."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = launched_processes()
     if accelerator.num_processes != launched:
         raise RuntimeError(
             f"launched as {launched} processes (WORLD_SIZE) but the accelerator runs {accelerator.num_processes}; "
@@ -209,6 +214,13 @@ class Trainer(ABC):
         start = step * self.config.batch_size + rank * per
         return list(range(start, start + per))
 
+    def leading(self, indices: list[int], count: int) -> list[int]:
+        """Positions in ``indices`` (this process's samples) of the global batch's first ``count`` samples.
+
+        A process may hold all, some or none of them; together the processes hold each exactly once.
+        """
+        return [k for k, i in enumerate(indices) if i % self.config.batch_size < count]
+
     def batches(self) -> Iterator[Any]:
         """This process's batches from the current step to ``max_steps`` (prepared ahead when ``num_workers > 0``)."""
         steps = range(self.step, self.config.max_steps)
@@ -268,9 +280,8 @@ class Trainer(ABC):
             self.save_checkpoint()
         if evaluated_at != self.step:
             evaluated = self.run_evaluate()
-        minutes = (time.time() - start) / 60
-        metrics = {**metrics, **evaluated, "train_minutes": minutes, "steps": self.step}
-        metrics["processes"] = self.accelerator.num_processes
+        minutes, processes = (time.time() - start) / 60, self.accelerator.num_processes
+        metrics = {**metrics, **evaluated, "train_minutes": minutes, "steps": self.step, "processes": processes}
         if self.accelerator.is_main_process:
             self.export(metrics)
         return metrics

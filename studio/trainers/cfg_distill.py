@@ -317,7 +317,7 @@ class CFGDistillTrainer(Trainer):
         distill = F.mse_loss(pred.float(), target.float())
         loss, metrics = distill, {"distill": distill.item()}
         if self.embedder is not None:
-            mine = [k for k, i in enumerate(indices) if i % cfg.batch_size < cfg.diversity_prompts]
+            mine = self.leading(indices, cfg.diversity_prompts)
             div, reward = self.diversity_loss(
                 embeds[mine],
                 None if mask is None else mask[mine],

@@ -202,7 +202,7 @@ class MusicgenDistillTrainer(Trainer):
         texts = self.prompts(indices)
         # the first `diversity_prompts` of the global batch are sampled twice, on whichever processes hold them
         reward_prompts = min(cfg.diversity_prompts, cfg.batch_size) if cfg.diversity_weight > 0 else 0
-        mine = [k for k, i in enumerate(indices) if i % cfg.batch_size < reward_prompts]
+        mine = self.leading(indices, reward_prompts)
         texts = texts + [texts[k] for k in mine]
         gens = [sample_generator(cfg.seed, self.step, i) for i in indices]
         gens += [sample_generator(cfg.seed + 1, self.step, indices[k]) for k in mine]
