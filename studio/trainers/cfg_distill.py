@@ -23,41 +23,30 @@ batch-mean baseline.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
-import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 
-from studio.config import to_dict
 from studio.guidance import (
     cfg_combine,
     check_guidance_interval,
     check_guidance_rescale,
     check_guidance_scale,
-    guidance_embedding,
     in_guidance_interval,
     rescale_guided,
 )
-from studio.io import atomic_dir, atomic_write_text, write_png
-from studio.models.text import encode_text
 from studio.models.unet import with_guidance_input
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler, gaussian_log_prob
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator, training_hardware
+from studio.trainers.base import TrainerConfig, sample_generator, training_hardware
 from studio.trainers.rewards import JudgeEmbedder, pair_diversity, pooled_statistics
-from studio.worlds import get_world, sample_seed
-from studio.worlds.base import to_tensor
-
-logger = logging.getLogger(__name__)
+from studio.trainers.student import StudentTrainer
+from studio.worlds import sample_seed
 
 #: Sample index of the draws that a whole training step shares (REINFORCE's choice of steps); beyond any
 #: real sample index, so it never collides with one.
@@ -132,57 +121,25 @@ class CFGDistillConfig(TrainerConfig):
             raise ValueError(f"diversity_prompts {self.diversity_prompts} exceeds batch_size {self.batch_size}")
 
 
-class CFGDistillTrainer(Trainer):
+class CFGDistillTrainer(StudentTrainer):
     """Trains the unguided student of :class:`CFGDistillConfig` against the frozen guided teacher."""
 
     config: CFGDistillConfig
 
     def build(self) -> None:
-        from studio.pipelines import load_pipeline
-
         cfg = self.config
-        self.world = get_world(cfg.world)
-        self.pipe = load_pipeline(cfg.base, self.world.modality)
-        self.teacher = self.pipe.unet.eval().requires_grad_(False)
-        student = with_guidance_input(self.teacher) if cfg.guidance_conditioned else copy.deepcopy(self.teacher)
-        self.model = student.train().requires_grad_(True)
-        schedule = self.pipe.scheduler.config
-        self.prediction_type = schedule.get("prediction_type", "epsilon")
-        self.alphas_cumprod = DDPMScheduler.from_config(schedule).alphas_cumprod
-        clip = schedule.get("clip_sample_range", 1.0) if schedule.get("clip_sample") else None
-        self.rollout = DDIMSampler(self.alphas_cumprod, self.prediction_type, cfg.rollout_steps, clip_x0=clip)
+        self.load_base(cfg.base, cfg.world, with_guidance_input if cfg.guidance_conditioned else copy.deepcopy)
+        self.rollout = DDIMSampler(self.alphas_cumprod, self.prediction_type, cfg.rollout_steps, clip_x0=self.clip_x0)
         eta = 1.0 if cfg.diversity_mode == "reinforce" else 0.0
-        self.reward_sampler = DDIMSampler(self.alphas_cumprod, self.prediction_type, cfg.diversity_steps, eta, clip)
+        self.reward_sampler = DDIMSampler(
+            self.alphas_cumprod, self.prediction_type, cfg.diversity_steps, eta, self.clip_x0
+        )
         self.embedder = None
         if cfg.diversity_weight > 0:
             self.embedder = JudgeEmbedder(self.pipe, self.world.name, "reward")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.null_embeds, self.null_mask = self.encode([""])
 
     # ---- pieces -----------------------------------------------------------------------------
-    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return encode_text(self.pipe.text_encoder, self.pipe.tokenizer, texts, self.accelerator.device)
-
-    def sample_shape(self) -> tuple[int, ...]:
-        size = self.teacher.config.sample_size
-        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-        return (self.teacher.config.in_channels, *size)
-
-    def encode_data(self, samples: list) -> torch.Tensor:
-        """World samples in the model's space (pixels, VAE latents or mels)."""
-        return self.pipe.encode(torch.stack([to_tensor(s.data) for s in samples]).to(self.accelerator.device))
-
-    def predictor(self, unet, embeds: torch.Tensor, mask: torch.Tensor | None, scales: torch.Tensor | None = None):
-        """``(x, t) -> output`` of ``unet`` for these prompts (and, for a guidance-conditioned student, scales)."""
-        extra = {}
-        if scales is not None:
-            extra["timestep_cond"] = guidance_embedding(scales, unet.config.time_cond_proj_dim).to(embeds)
-
-        def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return unet(x, t, encoder_hidden_states=embeds, encoder_attention_mask=mask, **extra).sample
-
-        return predict
-
     def student_scales(self, gens: list[torch.Generator]) -> torch.Tensor | None:
         """Per-sample ``w ~ U[guidance_min, guidance_scale]`` for a guidance-conditioned student, else None."""
         cfg = self.config
@@ -329,47 +286,13 @@ class CFGDistillTrainer(Trainer):
         return loss, metrics
 
     # ---- sampling and export ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def student_pipeline(self) -> Iterator:
-        """The base pipeline with the student's UNet swapped in (restored on exit)."""
-        student = self.accelerator.unwrap_model(self.model).eval()
-        self.pipe.unet = student
-        try:
-            yield self.pipe
-        finally:
-            self.pipe.unet = self.teacher
-            student.train()
-
     def evaluate(self) -> dict[str, float]:
-        """Sample held-out prompts with the student (one UNet call per step); grid under ``samples/``; adherence.
+        """Sample held-out prompts with the student (one UNet call per step): a grid and eval-judge scores.
 
         A plain student samples unguided; a guidance-conditioned one at the teacher's ``guidance_scale``.
         """
-        from studio.pipelines.evaluation import sample_prompts
-
         cfg = self.config
-        prompts = self.world.eval_prompts()[: cfg.sample_prompts]
-        scale = cfg.guidance_scale if cfg.guidance_conditioned else 1.0
-        with self.student_pipeline() as pipe:
-            result = sample_prompts(
-                pipe, self.world, prompts, per_prompt=2, guidance_scale=scale, num_inference_steps=25
-            )
-        (self.out / "samples").mkdir(parents=True, exist_ok=True)
-        write_png(self.out / "samples" / f"step-{self.step:08d}.png", result.grid)
-        logger.info("step %d: student eval-judge adherence %.3f at w=%g", self.step, result.adherence, scale)
-        return {"sample_adherence": result.adherence, "sample_diversity": result.diversity or 0.0}
-
-    def export(self, metrics: dict[str, float]) -> Path | None:
-        """Write the student pipeline to ``out/model`` (and ``export``) with a model card."""
-        targets = [self.out / "model"] + ([self.config.export] if self.config.export else [])
-        with self.student_pipeline() as pipe:
-            for target in targets:
-                with atomic_dir(target, name="export") as tmp:
-                    pipe.save_pretrained(tmp)
-                    atomic_write_text(tmp / "train_config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
-                    atomic_write_text(tmp / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
-                    atomic_write_text(tmp / "README.md", self.model_card(metrics))
-        return targets[-1]
+        return self.sample_grid(cfg.sample_prompts, cfg.guidance_scale if cfg.guidance_conditioned else 1.0)
 
     def model_card(self, metrics: dict[str, float]) -> str:
         cfg = self.config

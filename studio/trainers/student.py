@@ -1,0 +1,129 @@
+"""The shared half of trainers that finetune a copy of a pipeline's UNet: the *student* of a frozen base.
+
+CFG distillation and reward finetuning both load a base pipeline, freeze its UNet, train a copy, sample
+with that copy in the base's pipeline, and export the pipeline with the copy swapped in. They differ in
+their losses, which is all their subclasses of :class:`StudentTrainer` hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler
+
+from studio.config import to_dict
+from studio.guidance import guidance_embedding
+from studio.io import atomic_dir, atomic_write_text, write_png
+from studio.models.text import encode_text
+from studio.trainers.base import Trainer
+from studio.worlds import get_world
+from studio.worlds.base import to_tensor
+
+logger = logging.getLogger(__name__)
+
+
+class StudentTrainer(Trainer):
+    """Finetunes ``self.model``, a copy of ``base``'s UNet; ``self.teacher`` is the frozen original."""
+
+    def load_base(
+        self, base: str, world: str, make_student: Callable[[torch.nn.Module], torch.nn.Module] = copy.deepcopy
+    ) -> None:
+        """Load the base pipeline and set the world, the frozen teacher, the student and the DDPM schedule.
+
+        Args:
+            base: an embedded name or a pipeline folder.
+            world: the world whose captions and judges the run uses.
+            make_student: the trainable model made from the teacher (default: a copy of it).
+        """
+        from studio.pipelines import load_pipeline
+
+        self.world = get_world(world)
+        self.pipe = load_pipeline(base, self.world.modality)
+        self.teacher = self.pipe.unet.eval().requires_grad_(False)
+        self.model = make_student(self.teacher).train().requires_grad_(True)
+        schedule = self.pipe.scheduler.config
+        self.prediction_type = schedule.get("prediction_type", "epsilon")
+        self.alphas_cumprod = DDPMScheduler.from_config(schedule).alphas_cumprod
+        self.clip_x0 = schedule.get("clip_sample_range", 1.0) if schedule.get("clip_sample") else None
+        self.null_embeds, self.null_mask = self.encode([""])
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return encode_text(self.pipe.text_encoder, self.pipe.tokenizer, texts, self.accelerator.device)
+
+    def sample_shape(self) -> tuple[int, ...]:
+        size = self.teacher.config.sample_size
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        return (self.teacher.config.in_channels, *size)
+
+    def encode_data(self, samples: list) -> torch.Tensor:
+        """World samples in the model's space (pixels, VAE latents or mels)."""
+        return self.pipe.encode(torch.stack([to_tensor(s.data) for s in samples]).to(self.accelerator.device))
+
+    def predictor(self, unet, embeds: torch.Tensor, mask: torch.Tensor | None, scales: torch.Tensor | None = None):
+        """``(x, t) -> output`` of ``unet`` for these prompts (and, for a guidance-conditioned student, scales)."""
+        extra = {}
+        if scales is not None:
+            extra["timestep_cond"] = guidance_embedding(scales, unet.config.time_cond_proj_dim).to(embeds)
+
+        def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return unet(x, t, encoder_hidden_states=embeds, encoder_attention_mask=mask, **extra).sample
+
+        return predict
+
+    @contextlib.contextmanager
+    def student_pipeline(self) -> Iterator:
+        """The base pipeline with the student's UNet swapped in (restored on exit)."""
+        student = self.accelerator.unwrap_model(self.model).eval()
+        self.pipe.unet = student
+        try:
+            yield self.pipe
+        finally:
+            self.pipe.unet = self.teacher
+            student.train()
+
+    def sample_grid(self, prompts: int, guidance_scale: float, **guidance) -> dict[str, float]:
+        """Sample ``prompts`` held-out prompts × 2 with the student; grid under ``samples/``; eval-judge scores.
+
+        Args:
+            prompts: how many of the world's held-out prompts.
+            guidance_scale, **guidance: the pipeline's guidance arguments (``guidance_rescale``, ...).
+        """
+        from studio.pipelines.evaluation import sample_prompts
+
+        with self.student_pipeline() as pipe:
+            result = sample_prompts(
+                pipe,
+                self.world,
+                self.world.eval_prompts()[:prompts],
+                per_prompt=2,
+                guidance_scale=guidance_scale,
+                num_inference_steps=25,
+                **guidance,
+            )
+        (self.out / "samples").mkdir(parents=True, exist_ok=True)
+        write_png(self.out / "samples" / f"step-{self.step:08d}.png", result.grid)
+        logger.info("step %d: student eval-judge adherence %.3f at w=%g", self.step, result.adherence, guidance_scale)
+        return {"sample_adherence": result.adherence, "sample_diversity": result.diversity or 0.0}
+
+    def export(self, metrics: dict[str, float]) -> Path | None:
+        """Write the student pipeline to ``out/model`` (and ``config.export``) with its model card."""
+        export = getattr(self.config, "export", None)
+        targets = [self.out / "model"] + ([export] if export else [])
+        with self.student_pipeline() as pipe:
+            for target in targets:
+                with atomic_dir(target, name="export") as tmp:
+                    pipe.save_pretrained(tmp)
+                    atomic_write_text(tmp / "train_config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
+                    atomic_write_text(tmp / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
+                    atomic_write_text(tmp / "README.md", self.model_card(metrics))
+        return targets[-1]
+
+    def model_card(self, metrics: dict[str, float]) -> str:
+        """The exported pipeline's README (command, steps, wall time, metrics)."""
+        raise NotImplementedError
