@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from studio.judges import load_judge
+from studio.judges import JudgeOutput, load_judge
 
 
 class Embedder(Protocol):
@@ -47,8 +47,12 @@ class JudgeEmbedder:
             return self.vae.decode(samples / self.vae.config.scaling_factor).sample.clamp(-1, 1)
         return samples.clamp(-1, 1)
 
+    def judge_output(self, samples: torch.Tensor) -> JudgeOutput:
+        """The judge's logits and embedding of model-space samples, differentiable in the samples."""
+        return self.judge(self.decode(samples).to(self.judge.device))
+
     def __call__(self, samples: torch.Tensor) -> torch.Tensor:
-        return self.judge(self.decode(samples).to(self.judge.device)).embedding
+        return self.judge_output(samples).embedding
 
 
 def pair_diversity(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -57,6 +61,44 @@ def pair_diversity(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     Example: identical embeddings give 0, orthogonal ones 1, opposite ones 2.
     """
     return 1 - F.cosine_similarity(first, second, dim=-1)
+
+
+def label_log_likelihood(
+    logits: dict[str, torch.Tensor], targets: list[dict[str, str]], vocabulary: dict[str, list[str]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adherence reward: per sample, the mean judge log-probability of the values its prompt asks for.
+
+    ``r(x, c) = 1/|A(c)| · Σ_{a ∈ A(c)} log p(a = c_a | x)`` over the attributes ``A(c)`` that ``targets``
+    names and the judge knows; a sample whose target names none of them gets 0 and counts as no sample.
+
+    Args:
+        logits: the judge's ``{attribute: (B, n_values)}``.
+        targets: per sample, ``{attribute: value}`` (what its prompt names).
+        vocabulary: the judge's ``{attribute: [value, ...]}`` in class order.
+
+    Returns:
+        ``(reward, hits)``: the reward ``(B,)`` and, per sample, the fraction of its named attributes that
+        the judge's argmax gets right ``(B,)`` (1 where none is named).
+
+    Example: two attributes at probability 0.5 and 1 give ``(log 0.5 + 0) / 2 ≈ −0.347``.
+    """
+    batch = len(targets)
+    device = next(iter(logits.values())).device
+    total = torch.zeros(batch, device=device)
+    hits = torch.zeros(batch, device=device)
+    count = torch.zeros(batch, device=device)
+    for attr, values in vocabulary.items():
+        rows = [i for i, target in enumerate(targets) if attr in target]
+        if not rows:
+            continue
+        index = torch.tensor(rows, device=device)
+        label = torch.tensor([values.index(targets[i][attr]) for i in rows], device=device)
+        log_p = F.log_softmax(logits[attr][index].float(), dim=-1)
+        total = total.index_add(0, index, log_p.gather(1, label[:, None])[:, 0])
+        hits = hits.index_add(0, index, (log_p.argmax(-1) == label).float())
+        count = count.index_add(0, index, torch.ones_like(label, dtype=count.dtype))
+    named = count.clamp_min(1)
+    return total / named, torch.where(count > 0, hits / named, torch.ones_like(hits))
 
 
 def pooled_statistics(values: torch.Tensor, accelerator) -> tuple[float, float]:
