@@ -48,20 +48,28 @@ def apply_overrides(config: T, overrides: list[str]) -> T:
     """Return a copy of ``config`` with ``key=value`` overrides applied (dotted keys reach nested configs).
 
     Values are parsed by the field's type: ``int``, ``float``, ``bool`` (true/false/1/0), ``str``,
-    ``Path``, ``X | None`` (``none``), tuples/lists (comma separated) and ``Literal``.
+    ``Path``, ``X | None`` (``none``), tuples/lists (comma separated) and ``Literal``. The overrides are
+    applied together, so a config validates them as one change: ``sample_steps=3`` and ``backprop_steps=3``
+    pass in either order even where ``backprop_steps <= sample_steps`` is checked.
 
     Raises:
-        ValueError: for a malformed override, an unknown key, or a value of the wrong type.
+        ValueError: for a malformed override, an unknown key, a value of the wrong type, or a config that
+            refuses the result.
     """
+    changes = _Changes()
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} is not key=value; write e.g. --set steps=100")
-        config = _set_path(config, key.strip().split("."), raw.strip(), key)
-    return config
+        _record(config, key.strip().split("."), raw.strip(), key, changes)
+    return _apply(config, changes)
 
 
-def _set_path(config: Any, path: list[str], raw: str, full_key: str) -> Any:
+class _Changes(dict):
+    """Parsed overrides of one config: field name -> new value, or -> the :class:`_Changes` of a nested config."""
+
+
+def _record(config: Any, path: list[str], raw: str, full_key: str, changes: _Changes) -> None:
     if not dataclasses.is_dataclass(config):
         raise ValueError(f"override {full_key!r}: {path[0]!r} is not a nested config")
     fields = {f.name: f for f in dataclasses.fields(config)}
@@ -70,12 +78,23 @@ def _set_path(config: Any, path: list[str], raw: str, full_key: str) -> Any:
         raise ValueError(f"unknown config key {full_key!r}; known keys here: {sorted(fields)}")
     current = getattr(config, name)
     if len(path) == 2 and isinstance(current, dict):  # free-form options, e.g. --set adapter.rank=8
-        value = {**current, path[1]: _parse_scalar(raw)}
+        changes[name] = {**changes.get(name, current), path[1]: _parse_scalar(raw)}
     elif len(path) > 1:
-        value = _set_path(current, path[1:], raw, full_key)
+        nested = changes.setdefault(name, _Changes())
+        if not isinstance(nested, _Changes):
+            raise ValueError(f"override {full_key!r} conflicts with an earlier override of {name!r}")
+        _record(current, path[1:], raw, full_key, nested)
     else:
-        value = _parse(typing.get_type_hints(type(config))[name], raw, full_key)
-    return dataclasses.replace(config, **{name: value})
+        changes[name] = _parse(typing.get_type_hints(type(config))[name], raw, full_key)
+
+
+def _apply(config: Any, changes: _Changes) -> Any:
+    """``config`` with ``changes``, each nested config replaced once (so each validates once)."""
+    values = {
+        name: _apply(getattr(config, name), change) if isinstance(change, _Changes) else change
+        for name, change in changes.items()
+    }
+    return dataclasses.replace(config, **values)
 
 
 def _parse(tp: Any, raw: str, key: str) -> Any:

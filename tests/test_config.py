@@ -89,3 +89,30 @@ def test_overrides_set_keys_of_a_free_form_options_dict_by_value_shape():
     assert WithOptions().options == {"method": "lora", "rank": 4}  # the default is not mutated
     with pytest.raises(ValueError, match="not a nested config"):
         apply_overrides(WithOptions(), ["options.rank.x=1"])
+
+
+@dataclass(kw_only=True)
+class Bounded:
+    total: int = 10
+    part: int = 10
+
+    def __post_init__(self) -> None:
+        if self.part > self.total:
+            raise ValueError(f"part {self.part} exceeds total {self.total}")
+
+
+@dataclass(kw_only=True)
+class HoldsBounded:
+    bounded: Bounded = field(default_factory=Bounded)
+
+
+def test_overrides_are_validated_together_not_one_at_a_time():
+    """Lowering both fields is valid in either order, though lowering ``total`` alone is not."""
+    assert apply_overrides(Bounded(), ["total=3", "part=3"]) == Bounded(total=3, part=3)
+    assert apply_overrides(Bounded(), ["part=3", "total=3"]) == Bounded(total=3, part=3)
+    nested = apply_overrides(HoldsBounded(), ["bounded.total=2", "bounded.part=1"])
+    assert nested.bounded == Bounded(total=2, part=1)
+    with pytest.raises(ValueError, match="part 10 exceeds total 3"):
+        apply_overrides(Bounded(), ["total=3"])
+    with pytest.raises(ValueError, match="conflicts with an earlier override"):
+        apply_overrides(Outer(), ["adapter.rank=2", "adapter.rank.x=1"])
