@@ -176,11 +176,10 @@ class RewardFinetuneTrainer(StudentTrainer):
     def model_card(self, metrics: dict[str, float]) -> str:
         cfg = self.config
         scored = ", ".join(self.vocabulary)
-        refined = f" (rescale φ={cfg.guidance_rescale:g}" if cfg.guidance_rescale else ""
+        refinements = [f"rescale φ={cfg.guidance_rescale:g}"] if cfg.guidance_rescale else []
         if tuple(cfg.guidance_interval) != (0.0, 1.0):
-            low, high = cfg.guidance_interval
-            refined += f"{', ' if refined else ' ('}t/T in [{low:g}, {high:g}] only"
-        refined += ")" if refined else ""
+            refinements.append("t/T in [{:g}, {:g}] only".format(*cfg.guidance_interval))
+        refined = f" ({', '.join(refinements)})" if refinements else ""
         hardware = training_hardware(self.accelerator.device, self.accelerator.num_processes)
         return f"""# `{cfg.base}` finetuned on the adherence reward (DRaFT-{cfg.backprop_steps})
 

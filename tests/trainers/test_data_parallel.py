@@ -103,8 +103,8 @@ def test_musicgen_distillation_is_one_update_over_two_processes(tiny_musicgen, t
 def test_reward_finetuning_is_one_update_over_two_processes(tiny_shapes_folder, tmp_path):
     """DRaFT-1 on guided rollouts plus the pretraining loss, two samples on each process."""
     settings = [
-        f"base={tiny_shapes_folder}", "max_steps=2", "batch_size=4", "lr=1e-3", "sample_steps=3", "sample_every=0",
-        "sample_prompts=2", "checkpoint_every=2",
+        f"base={tiny_shapes_folder}", "max_steps=2", "batch_size=4", "lr=1e-3", "sample_steps=3", "backprop_steps=3",
+        "sample_every=0", "sample_prompts=2", "checkpoint_every=2",
     ]  # fmt: skip
     weights = "unet/diffusion_pytorch_model.safetensors"
     assert_two_processes_train_as_one("reward-shapes", settings, tmp_path, tiny_shapes_folder, weights, "reward")

@@ -5,6 +5,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from studio.guidance import cfg_combine, rescale_guided
+from studio.pipelines import load_pipeline
 from studio.recipes import get_recipe
 from studio.trainers.base import sample_generator
 from studio.trainers.reward_finetune import RewardFinetuneConfig, RewardFinetuneTrainer
@@ -118,3 +119,20 @@ def test_the_recipes_build():
     for name, world in (("reward-shapes", "shapes"), ("reward-synth", "synth")):
         config = get_recipe(name)
         assert isinstance(config, RewardFinetuneConfig) and config.world == world
+
+
+def test_a_run_exports_a_pipeline_with_its_card(tiny_shapes_folder, tmp_path):
+    config = RewardFinetuneConfig(
+        base=str(tiny_shapes_folder), world="shapes", out=tmp_path / "run", batch_size=2, max_steps=1,
+        sample_steps=2, backprop_steps=2, guidance_scale=3.0, guidance_rescale=0.7, guidance_interval=(0.0, 0.6),
+        sample_prompts=1, lr=1e-3,
+    )  # fmt: skip
+    metrics = RewardFinetuneTrainer(config, command="mixstudio train reward-shapes --set max_steps=1").fit()
+    assert metrics["steps"] == 1 and 0 <= metrics["sample_adherence"] <= 1
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert "DRaFT-2" in card and "(rescale φ=0.7, t/T in [0, 0.6] only)" in card and "Steps: 1 at batch 2" in card
+    assert "`mixstudio train reward-shapes --set max_steps=1`" in card
+    tuned = load_pipeline(tmp_path / "run" / "model", "image").unet.state_dict()
+    base = load_pipeline(tiny_shapes_folder, "image").unet.state_dict()
+    assert tuned.keys() == base.keys()
+    assert any((tuned[k] - base[k]).abs().max() > 0 for k in base)
