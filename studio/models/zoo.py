@@ -42,14 +42,15 @@ class EmbeddedModel:
         modality: ``image`` or ``audio``.
         world: the procedural world it was trained on (and whose judges score it).
         command: the ``mixstudio`` command that makes it.
-        role: ``base``, or ``quality``/``diversity`` for the two unguided CFG-distilled students whose
-            weight-space merge is the quality↔diversity slider.
+        role: ``base``, ``quality``/``diversity`` for the two unguided CFG-distilled students whose
+            weight-space merge is the quality↔diversity slider, or ``reward`` for a base finetuned on the
+            reward judge's adherence.
     """
 
     modality: Literal["image", "audio"]
     world: str
     command: str
-    role: Literal["base", "quality", "diversity"] = "base"
+    role: Literal["base", "quality", "diversity", "reward"] = "base"
 
 
 #: The teacher the shipped ``shapes`` students were distilled from: w = 3, rescaled, guided only at t/T <= 0.6
@@ -77,6 +78,9 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         f"mixstudio train cfg-distill-shapes {REFINED_SHAPES_TEACHER} --set diversity_weight=0.5 "
         "--set export=assets/models/shapes-diversity",
         "diversity",
+    ),
+    "shapes-reward": EmbeddedModel(
+        "image", "shapes", "mixstudio train reward-shapes --set export=assets/models/shapes-reward", "reward"
     ),
     "synth-quality": EmbeddedModel(
         "audio",
