@@ -142,9 +142,8 @@ class RewardFinetuneTrainer(StudentTrainer):
         t = torch.stack([torch.randint(0, len(self.alphas_cumprod), (), generator=g) for g in gens]).to(device)
         drop = torch.stack([torch.rand((), generator=g) < cfg.condition_dropout for g in gens])
         embeds, mask = apply_condition_dropout(embeds, self.null_embeds, drop, mask, self.null_mask)
-        a = self.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x_0 + (1 - a).sqrt() * noise
-        target = noise if self.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x_0
+        x_t = self.noise_scheduler.add_noise(x_0, noise, t)
+        target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x_0, noise, t)
         return F.mse_loss(self.predictor(self.model, embeds, mask)(x_t, t).float(), target.float())
 
     def train_step(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -49,7 +49,8 @@ class StudentTrainer(Trainer):
         self.model = make_student(self.teacher).train().requires_grad_(True)
         schedule = self.pipe.scheduler.config
         self.prediction_type = schedule.get("prediction_type", "epsilon")
-        self.alphas_cumprod = DDPMScheduler.from_config(schedule).alphas_cumprod
+        self.noise_scheduler = DDPMScheduler.from_config(schedule)
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod
         self.clip_x0 = schedule.get("clip_sample_range", 1.0) if schedule.get("clip_sample") else None
         self.null_embeds, self.null_mask = self.encode([""])
 
