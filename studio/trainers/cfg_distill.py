@@ -162,10 +162,7 @@ class CFGDistillTrainer(StudentTrainer):
         noise level ``t / T`` lies outside the guidance interval, is the conditional output alone.
         """
         cfg = self.config
-        n = len(x_t)
-        null = self.null_embeds.expand(n, -1, -1)
-        both_mask = None if mask is None else torch.cat([self.null_mask.expand(n, -1), mask])
-        out = self.predictor(self.teacher, torch.cat([null, embeds]), both_mask)(torch.cat([x_t, x_t]), t.repeat(2))
+        out = self.predictor(self.teacher, *self.with_unconditional(embeds, mask))(torch.cat([x_t, x_t]), t.repeat(2))
         uncond, cond = out.chunk(2)
         guided = cfg_combine(uncond, cond, cfg.guidance_scale if scales is None else scales)
         guided = rescale_guided(guided, cond, cfg.guidance_rescale)

@@ -57,6 +57,14 @@ class StudentTrainer(Trainer):
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         return encode_text(self.pipe.text_encoder, self.pipe.tokenizer, texts, self.accelerator.device)
 
+    def with_unconditional(
+        self, embeds: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The doubled ``[∅; c]`` prompt batch ``(2B, L, D)`` (and mask) of one guided UNet call."""
+        n = len(embeds)
+        both = torch.cat([self.null_embeds.expand(n, -1, -1), embeds])
+        return both, None if mask is None else torch.cat([self.null_mask.expand(n, -1), mask])
+
     def sample_shape(self) -> tuple[int, ...]:
         size = self.teacher.config.sample_size
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
