@@ -93,6 +93,13 @@ class Guidance:
         object.__setattr__(self, "rescale", check_guidance_rescale(self.rescale))
         object.__setattr__(self, "interval", check_guidance_interval(self.interval))
 
+    def refinements(self) -> list[str]:
+        """The refinements beyond plain classifier-free guidance, in words (empty for plain guidance)."""
+        words = [f"rescale φ={self.rescale:g}"] if self.rescale else []
+        if self.interval != (0.0, 1.0):
+            words.append("guided at t/T in [{:g}, {:g}] only".format(*self.interval))
+        return words
+
     def guides_at(self, timestep: float | torch.Tensor, num_train_timesteps: int) -> bool:
         """Whether the step at ``timestep`` needs the unconditional branch."""
         return uses_guidance(self.scale) and bool(in_guidance_interval(timestep, num_train_timesteps, self.interval))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder
+from studio.guidance import Guidance
 from studio.io import atomic_dir, atomic_write_text, check_output_dir, write_png
 from studio.judges.evaluate import EvalReport, evaluate_folder, write_report
 from studio.models.zoo import Role
@@ -61,10 +62,8 @@ class SweepReport:
             f"model `{self.model}` · world {self.world} · {self.judge} judge · {self.prompts} held-out prompts "
             f"× {self.per_prompt} · {self.steps} steps"
         )
-        if self.guidance_rescale:
-            title += f" · guidance rescale {self.guidance_rescale:g}"
-        if tuple(self.guidance_interval) != (0.0, 1.0):
-            title += " · guided at t/T in [{:g}, {:g}]".format(*self.guidance_interval)
+        refined = Guidance(rescale=self.guidance_rescale, interval=self.guidance_interval)  # the scale varies by row
+        title += "".join(f" · {words}" for words in refined.refinements())
         return "\n".join([title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows])
 
     def to_json(self) -> str:

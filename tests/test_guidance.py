@@ -55,3 +55,9 @@ def test_guidance_interval_selects_steps_by_noise_level():
 def test_bad_guidance_settings_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Guidance(**kwargs)
+
+
+def test_refinements_name_what_differs_from_plain_guidance():
+    assert Guidance(3.0).refinements() == []
+    assert Guidance(3.0, 0.7, [0, 0.6]).refinements() == ["rescale φ=0.7", "guided at t/T in [0, 0.6] only"]
+    assert Guidance(2.0, interval=(0.25, 1.0)).refinements() == ["guided at t/T in [0.25, 1] only"]

@@ -41,7 +41,7 @@ def test_sweep_applies_guidance_rescale_and_interval_at_every_scale(tmp_path, ca
     args = ["--quiet", "sweep", "image", "--model", str(tiny_shapes_folder), "--guidance", "3", "-n", "2"]
     args += ["--steps", "2", "--guidance-rescale", "0.7", "--guidance-interval", "0", "0.5", "--out", str(out)]
     assert main(args) == 0, capsys.readouterr().err
-    assert "guidance rescale 0.7 · guided at t/T in [0, 0.5]" in capsys.readouterr().out
+    assert "rescale φ=0.7 · guided at t/T in [0, 0.5] only" in capsys.readouterr().out
     report = json.loads((out / "sweep.json").read_text())
     assert report["guidance_rescale"] == 0.7 and report["guidance_interval"] == [0.0, 0.5]
     meta = json.loads((out / "guidance-3" / "manifest.json").read_text())["meta"]

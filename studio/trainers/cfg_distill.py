@@ -33,10 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from studio.guidance import (
+    Guidance,
     cfg_combine,
-    check_guidance_interval,
-    check_guidance_rescale,
-    check_guidance_scale,
     in_guidance_interval,
     rescale_guided,
 )
@@ -97,11 +95,14 @@ class CFGDistillConfig(TrainerConfig):
     sample_prompts: int = 8
     export: Path | None = None
 
+    @property
+    def guidance(self) -> Guidance:
+        """The teacher's guidance (validates the three fields)."""
+        return Guidance(self.guidance_scale, self.guidance_rescale, self.guidance_interval)
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_guidance_scale(self.guidance_scale)
-        check_guidance_rescale(self.guidance_rescale)
-        self.guidance_interval = check_guidance_interval(self.guidance_interval)
+        self.guidance_interval = self.guidance.interval
         if not (isinstance(self.guidance_min, (int, float)) and 0 <= self.guidance_min < math.inf):
             raise ValueError(f"guidance_min must be a finite number >= 0, got {self.guidance_min!r}")
         if self.guidance_conditioned and self.guidance_min > self.guidance_scale:
@@ -309,10 +310,9 @@ class CFGDistillTrainer(StudentTrainer):
                 "Samples without classifier-free guidance (one UNet call per step) what "
                 f"`{cfg.base}` samples with guidance w={cfg.guidance_scale:g}"
             )
-        if cfg.guidance_rescale:
-            what += f", rescaled by φ={cfg.guidance_rescale:g}"
-        if tuple(cfg.guidance_interval) != (0.0, 1.0):
-            what += " and applied at noise levels t/T in [{:g}, {:g}] only".format(*cfg.guidance_interval)
+        refinements = cfg.guidance.refinements()
+        if refinements:
+            what += f" ({', '.join(refinements)})"
         hardware = training_hardware(self.accelerator.device, self.accelerator.num_processes)
         return f"""# CFG-distilled student of `{cfg.base}`
 
