@@ -151,6 +151,7 @@ class DDIMSampler:
         grad_steps: int = 0,
         checkpointed: bool = True,
         noises: list[torch.Tensor] | None = None,
+        trajectory: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Run every step from ``x_T``; return the final sample (the last step's ``x0`` prediction).
 
@@ -161,10 +162,14 @@ class DDIMSampler:
                 earlier steps run under ``no_grad``.
             checkpointed: recompute each graph step's activations in backward (memory ∝ one step, not K).
             noises: per-step noise for ``eta > 0``.
+            trajectory: if given, each step's input state ``x`` at ``self.timesteps[i]`` is appended to it,
+                detached.
         """
         x, n = x_T, len(self.timesteps)
         for i in range(n):
             noise = noises[i] if noises is not None else None
+            if trajectory is not None:
+                trajectory.append(x.detach())
             if i < n - grad_steps:
                 with torch.no_grad():
                     x, _ = self.step(predict, x, i, noise)

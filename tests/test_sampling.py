@@ -94,3 +94,30 @@ def test_truncated_backprop_gradients_match_full_graph_through_the_last_steps():
         return y
 
     assert torch.autograd.gradcheck(last_two, (net.weight.detach().clone().requires_grad_(),))
+
+
+def test_the_trajectory_holds_each_steps_input_state_detached():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(2, 2, 1)
+    sampler = DDIMSampler(DDIMScheduler().alphas_cumprod, "epsilon", 4)
+    x_T = torch.randn(2, 2, 4, 4)
+
+    def predict(x, t):
+        return net(x)
+
+    trajectory = []
+    final = sampler.sample(predict, x_T, grad_steps=2, trajectory=trajectory)
+    assert len(trajectory) == 4 and not any(x.requires_grad for x in trajectory)
+    torch.testing.assert_close(trajectory[0], x_T, rtol=0, atol=0)
+    with torch.no_grad():
+        for i in range(4):
+            following = sampler.step(predict, trajectory[i], i)[0]
+            torch.testing.assert_close(following, trajectory[i + 1] if i < 3 else final, rtol=1e-6, atol=1e-6)
+    # recording states changes nothing about the sample or its gradients
+    final.square().mean().backward()
+    grad = net.weight.grad.clone()
+    net.zero_grad()
+    again = sampler.sample(predict, x_T, grad_steps=2)
+    again.square().mean().backward()
+    torch.testing.assert_close(again, final, rtol=0, atol=0)
+    torch.testing.assert_close(net.weight.grad, grad, rtol=0, atol=0)

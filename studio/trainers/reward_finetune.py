@@ -13,9 +13,13 @@ will be sampled. The reward is *adherence*: the *reward* judge's log-likelihood 
 for (:func:`studio.trainers.rewards.label_log_likelihood`), so the eval judge, trained apart, measures how
 much of the gain is real and how much is the reward judge being fooled. A data term keeps the model on
 the world, the pretraining loss on noised world samples of the same captions, with condition dropout so
-that the unconditional branch guidance depends on keeps its meaning::
+that the unconditional branch guidance depends on keeps its meaning. An optional anchor keeps the model
+near the base *on its own rollouts*, where the data term does not look: the squared difference of the
+model's and the frozen base's outputs, both branches, at one state of each rollout. That is DPOK's bound
+on the KL divergence between the finetuned and the base sampler (Fan et al. 2023, "DPOK"). Without it,
+one of two ``reward-shapes`` seeds drifted to one background (docs/REWARD_FINETUNE.md)::
 
-    L = −λ_r · r(x_0(c), c) + λ_d · ‖f(x_t, t, c) − target‖²
+    L = −λ_r · r(x_0(c), c) + λ_d · ‖f(x_t, t, c) − target‖² + λ_a · ‖f(x_s, s, ·) − f_base(x_s, s, ·)‖²
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class RewardFinetuneConfig(TrainerConfig):
         attributes: the attributes the reward scores (empty: every attribute a caption names).
         reward_weight: ``λ_r``.
         data_weight: ``λ_d``; 0 trains on the reward alone (and lets the model drift from the world).
+        anchor_weight: ``λ_a``, the weight of the base-model anchor on rollout states (0: none).
         condition_dropout: fraction of the data term's captions replaced by the empty prompt.
         sample_prompts: held-out prompts in the sample grid during training.
         export: also write the finetuned pipeline here.
@@ -68,6 +73,7 @@ class RewardFinetuneConfig(TrainerConfig):
     attributes: tuple[str, ...] = ()
     reward_weight: float = 1.0
     data_weight: float = 1.0
+    anchor_weight: float = 0.0
     condition_dropout: float = 0.1
     sample_prompts: int = 8
     export: Path | None = None
@@ -80,12 +86,14 @@ class RewardFinetuneConfig(TrainerConfig):
             raise ValueError("sample_steps and backprop_steps must be >= 1")
         if self.backprop_steps > self.sample_steps:
             raise ValueError(f"backprop_steps {self.backprop_steps} exceeds sample_steps {self.sample_steps}")
-        for name in ("reward_weight", "data_weight"):
+        for name in ("reward_weight", "data_weight", "anchor_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.reward_weight == self.data_weight == 0:
             raise ValueError("reward_weight and data_weight are both 0: nothing to train; set one > 0")
+        if self.anchor_weight > 0 and self.reward_weight == 0:
+            raise ValueError("anchor_weight > 0 anchors the reward rollouts, but reward_weight is 0; set it > 0")
         if not 0 <= self.condition_dropout <= 1:
             raise ValueError(f"condition_dropout must be in [0, 1], got {self.condition_dropout}")
         self.attributes = tuple(self.attributes)
@@ -127,12 +135,30 @@ class RewardFinetuneTrainer(StudentTrainer):
 
         return guided
 
-    def reward(self, samples, embeds, mask, gens) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(reward, hits)`` per sample of rollouts of these captions (see :func:`label_log_likelihood`)."""
+    def reward(
+        self, samples, embeds, mask, gens, trajectory: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(reward, hits)`` per sample of rollouts of these captions (see :func:`label_log_likelihood`).
+
+        ``trajectory``, if given, receives the rollouts' states (see :meth:`DDIMSampler.sample`).
+        """
         x_T = torch.stack([torch.randn(self.sample_shape(), generator=g) for g in gens]).to(embeds.device)
-        x_0 = self.sampler.sample(self.guided_predictor(embeds, mask), x_T, grad_steps=self.config.backprop_steps)
+        predict = self.guided_predictor(embeds, mask)
+        x_0 = self.sampler.sample(predict, x_T, grad_steps=self.config.backprop_steps, trajectory=trajectory)
         targets = [self.world.parse_prompt(s.caption) for s in samples]
         return label_log_likelihood(self.scorer.judge_output(x_0).logits, targets, self.vocabulary)
+
+    def anchor_loss(self, trajectory: list[torch.Tensor], embeds, mask, gens) -> torch.Tensor:
+        """``‖f − f_base‖²`` of both branches at one random state of each sample's rollout."""
+        device = embeds.device
+        k = torch.stack([torch.randint(0, len(trajectory), (), generator=g) for g in gens]).to(device)
+        x = torch.stack(trajectory)[k, torch.arange(len(k), device=device)]
+        t = self.sampler.timesteps.to(device)[k]
+        both = self.with_unconditional(embeds, mask)
+        x, t = torch.cat([x, x]), t.repeat(2)
+        with torch.no_grad():
+            target = self.predictor(self.teacher, *both)(x, t)
+        return F.mse_loss(self.predictor(self.model, *both)(x, t).float(), target.float())
 
     def data_loss(self, samples, embeds, mask, gens) -> torch.Tensor:
         """The pretraining loss on noised world samples of the same captions (condition dropout included)."""
@@ -152,10 +178,15 @@ class RewardFinetuneTrainer(StudentTrainer):
         gens = [sample_generator(cfg.seed, self.step, i) for i in indices]
         embeds, mask = self.encode([s.caption for s in samples])
         loss, metrics = torch.zeros((), device=embeds.device), {}
+        trajectory = [] if cfg.anchor_weight > 0 else None
         if cfg.reward_weight > 0:
-            reward, hits = self.reward(samples, embeds, mask, gens)
+            reward, hits = self.reward(samples, embeds, mask, gens, trajectory)
             loss = loss - cfg.reward_weight * reward.mean()
             metrics |= {"reward": reward.mean().item(), "reward_judge_hits": hits.mean().item()}
+        if trajectory:
+            anchor = self.anchor_loss(trajectory, embeds, mask, gens)
+            loss = loss + cfg.anchor_weight * anchor
+            metrics["anchor_mse"] = anchor.item()
         if cfg.data_weight > 0:
             data = self.data_loss(samples, embeds, mask, gens)
             loss = loss + cfg.data_weight * data
@@ -175,16 +206,15 @@ class RewardFinetuneTrainer(StudentTrainer):
     def model_card(self, metrics: dict[str, float]) -> str:
         cfg = self.config
         scored = ", ".join(self.vocabulary)
-        refinements = [f"rescale φ={cfg.guidance_rescale:g}"] if cfg.guidance_rescale else []
-        if tuple(cfg.guidance_interval) != (0.0, 1.0):
-            refinements.append("t/T in [{:g}, {:g}] only".format(*cfg.guidance_interval))
+        refinements = self.guidance.refinements()
         refined = f" ({', '.join(refinements)})" if refinements else ""
         hardware = training_hardware(self.accelerator.device, self.accelerator.num_processes)
         return f"""# `{cfg.base}` finetuned on the adherence reward (DRaFT-{cfg.backprop_steps})
 
 The reward judge's log-likelihood of what each prompt asks for ({scored}), backpropagated through the
 last {cfg.backprop_steps} of {cfg.sample_steps} DDIM steps of rollouts guided at w={cfg.guidance_scale:g}{refined};
-reward weight {cfg.reward_weight:g}, pretraining-loss weight {cfg.data_weight:g}.
+reward weight {cfg.reward_weight:g}, pretraining-loss weight {cfg.data_weight:g}, base-anchor weight
+{cfg.anchor_weight:g}.
 
 - Made by: `{self.command or "mixstudio train reward-" + str(cfg.world)}`
 - Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}, seed {cfg.seed})

@@ -26,6 +26,20 @@ def batch(trainer):
     return samples, gens, *trainer.encode([s.caption for s in samples])
 
 
+def train(trainer, steps: int) -> list[dict[str, float]]:
+    """``steps`` updates on the first batch; each step's metrics. Only the student may get gradients."""
+    logged = []
+    for _ in range(steps):
+        loss, metrics = trainer.train_step(trainer.local_indices(0))
+        logged.append(metrics)
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is None for p in trainer.teacher.parameters())
+        assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters())
+        trainer.optimizer.step()
+    return logged
+
+
 def test_the_data_term_is_the_v_prediction_pretraining_loss(tiny_shapes_folder, tmp_path):
     trainer = make_trainer(tiny_shapes_folder, tmp_path, reward_weight=0.0, condition_dropout=0.0)
     samples, gens, embeds, mask = batch(trainer)
@@ -77,18 +91,52 @@ def test_the_reward_climbs_on_a_fixed_batch_and_only_the_student_learns(tiny_sha
     """Reward alone, DRaFT-1 through 4 guided steps: the reward judge's log-likelihood of the captions rises."""
     trainer = make_trainer(tiny_shapes_folder, tmp_path, data_weight=0.0, sample_steps=4, lr=3e-3)
     teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
-    rewards = []
-    for _ in range(12):
-        loss, metrics = trainer.train_step(trainer.local_indices(0))
-        rewards.append(metrics["reward"])
-        trainer.optimizer.zero_grad()
-        loss.backward()
-        assert all(p.grad is None for p in trainer.teacher.parameters())
-        assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters())
-        trainer.optimizer.step()
+    rewards = [metrics["reward"] for metrics in train(trainer, 12)]
     assert max(rewards[-3:]) > rewards[0] + 0.5, rewards
     for name, value in trainer.teacher.state_dict().items():
         torch.testing.assert_close(value, teacher_before[name], rtol=0, atol=0)
+
+
+def test_the_anchor_is_the_squared_gap_to_the_base_on_both_branches_at_rollout_states(tiny_shapes_folder, tmp_path):
+    trainer = make_trainer(tiny_shapes_folder, tmp_path, sample_steps=3, backprop_steps=1, anchor_weight=2.0)
+    samples, gens, embeds, mask = batch(trainer)
+    trajectory = []
+    with torch.no_grad():
+        trainer.reward(samples, embeds, mask, gens, trajectory)
+        any_draws = [torch.Generator().manual_seed(i) for i in range(len(gens))]
+        assert trainer.anchor_loss(trajectory, embeds, mask, any_draws).item() == 0  # the student starts as the base
+        for p in trainer.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    # the same draws by hand: one state of each sample's rollout, the [∅; c] batch through both UNets
+    draws = [sample_generator(trainer.config.seed, 0, i) for i in trainer.local_indices(0)]
+    for g in draws:
+        torch.randn(trainer.sample_shape(), generator=g)
+    k = [int(torch.randint(0, 3, (), generator=g)) for g in draws]
+    x = torch.stack([trajectory[k_][b] for b, k_ in enumerate(k)])
+    t = trainer.sampler.timesteps[k]
+    null, null_mask = trainer.null_embeds.expand(len(x), -1, -1), trainer.null_mask.expand(len(x), -1)
+    with torch.no_grad():
+        gaps = [
+            trainer.predictor(trainer.model, e, m)(x, t) - trainer.predictor(trainer.teacher, e, m)(x, t)
+            for e, m in ((null, null_mask), (embeds, mask))
+        ]
+    anchor = trainer.anchor_loss(trajectory, embeds, mask, gens)
+    torch.testing.assert_close(anchor.detach(), torch.cat(gaps).square().mean(), rtol=1e-4, atol=1e-9)
+    anchor.backward()
+    assert all(p.grad is None for p in trainer.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters())
+
+
+def test_the_anchor_pulls_a_drifted_model_back_to_the_base(tiny_shapes_folder, tmp_path):
+    trainer = make_trainer(
+        tiny_shapes_folder, tmp_path, sample_steps=3, backprop_steps=1, reward_weight=1e-6, data_weight=0.0,
+        anchor_weight=1.0, lr=3e-3,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    gaps = [metrics["anchor_mse"] for metrics in train(trainer, 8)]
+    assert gaps[-1] < 0.5 * gaps[0], gaps
 
 
 def test_the_reward_scores_only_the_chosen_attributes(tiny_shapes_folder, tmp_path):
@@ -108,6 +156,8 @@ def test_the_reward_scores_only_the_chosen_attributes(tiny_shapes_folder, tmp_pa
         ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
         ({"condition_dropout": 1.5}, r"condition_dropout must be in \[0, 1\]"),
         ({"reward_weight": 0.0, "data_weight": 0.0}, "nothing to train"),
+        ({"reward_weight": 0.0, "anchor_weight": 1.0}, "anchor_weight > 0 anchors the reward rollouts"),
+        ({"anchor_weight": -0.5}, "anchor_weight must be a finite number >= 0"),
     ],
 )
 def test_bad_settings_are_refused(overrides, message):
@@ -130,7 +180,8 @@ def test_a_run_exports_a_pipeline_with_its_card(tiny_shapes_folder, tmp_path):
     metrics = RewardFinetuneTrainer(config, command="mixstudio train reward-shapes --set max_steps=1").fit()
     assert metrics["steps"] == 1 and 0 <= metrics["sample_adherence"] <= 1
     card = (tmp_path / "run" / "model" / "README.md").read_text()
-    assert "DRaFT-2" in card and "(rescale φ=0.7, t/T in [0, 0.6] only)" in card and "Steps: 1 at batch 2" in card
+    assert "DRaFT-2" in card and "(rescale φ=0.7, guided at t/T in [0, 0.6] only)" in card
+    assert "Steps: 1 at batch 2" in card and "base-anchor weight\n0." in card
     assert "`mixstudio train reward-shapes --set max_steps=1`" in card
     tuned = load_pipeline(tmp_path / "run" / "model", "image").unet.state_dict()
     base = load_pipeline(tiny_shapes_folder, "image").unet.state_dict()
