@@ -80,7 +80,10 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         "diversity",
     ),
     "shapes-reward": EmbeddedModel(
-        "image", "shapes", "mixstudio train reward-shapes --set export=assets/models/shapes-reward", "reward"
+        "image",
+        "shapes",
+        "mixstudio train reward-shapes --set anchor_weight=0 --set export=assets/models/shapes-reward",
+        "reward",
     ),
     "synth-quality": EmbeddedModel(
         "audio",
