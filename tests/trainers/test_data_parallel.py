@@ -101,7 +101,7 @@ def test_musicgen_distillation_is_one_update_over_two_processes(tiny_musicgen, t
 
 @needs_torchrun
 def test_reward_finetuning_is_one_update_over_two_processes(tiny_shapes_folder, tmp_path):
-    """DRaFT-1 on guided rollouts plus the pretraining loss, two samples on each process."""
+    """DRaFT-3 on guided rollouts plus the pretraining loss and the recipe's base anchor, two samples per process."""
     settings = [
         f"base={tiny_shapes_folder}", "max_steps=2", "batch_size=4", "lr=1e-3", "sample_steps=3", "backprop_steps=3",
         "sample_every=0", "sample_prompts=2", "checkpoint_every=2",
