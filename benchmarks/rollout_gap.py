@@ -4,7 +4,7 @@ Usage:
     .venv/bin/python benchmarks/rollout_gap.py RUN_OR_MODEL [RUN_OR_MODEL ...] [--base shapes] [--batches 3]
 
 Each model (a pipeline folder, or a run folder holding ``model/``) samples guided rollouts of world captions
-as ``reward-shapes`` trains (10 DDIM steps, w = 3, rescale 0.7, guided at t/T ≤ 0.6). At every step's state
+as the ``reward-shapes`` recipe does (10 DDIM steps, w = 3, rescale 0.7, guided at t/T ≤ 0.6). At every step's state
 it prints the mean squared difference between the model's and the base's outputs on both branches: the
 quantity the reward trainer's ``anchor_weight`` penalises at one random step. Also prints the reward judge's
 hit rate on the rollouts' final samples.
@@ -13,14 +13,16 @@ hit rate on the rollouts' final samples.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 
+from studio.recipes import get_recipe
 from studio.trainers.base import sample_generator
-from studio.trainers.reward_finetune import RewardFinetuneConfig, RewardFinetuneTrainer
+from studio.trainers.reward_finetune import RewardFinetuneTrainer
 from studio.worlds import sample_seed
 
 #: A caption stream apart from the recipe's training stream (``data_seed`` 8642).
@@ -39,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=3, help="batches of 16 rollouts")
     args = parser.parse_args(argv)
 
-    config = RewardFinetuneConfig(
-        base=args.base, out=Path("runs/rollout-gap"), batch_size=16, sample_steps=10, backprop_steps=1,
-        guidance_scale=3.0, guidance_rescale=0.7, guidance_interval=(0.0, 0.6),
-    )  # fmt: skip
+    # the recipe's rollouts (10 DDIM steps, w = 3 refined); gradients are not needed, so K = 1
+    recipe = get_recipe("reward-shapes")
+    config = dataclasses.replace(recipe, base=args.base, out=Path("runs/rollout-gap"), backprop_steps=1)
     trainer = RewardFinetuneTrainer(config)
     trainer.setup()
     for path in args.models:

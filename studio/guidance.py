@@ -105,6 +105,19 @@ class Guidance:
         return uses_guidance(self.scale) and bool(in_guidance_interval(timestep, num_train_timesteps, self.interval))
 
 
+class GuidedConfig:
+    """Mixin of a config with ``guidance_scale``, ``guidance_rescale`` and ``guidance_interval`` fields."""
+
+    guidance_scale: float
+    guidance_rescale: float
+    guidance_interval: tuple[float, float]
+
+    @property
+    def guidance(self) -> Guidance:
+        """The three fields as one :class:`Guidance` (which validates them)."""
+        return Guidance(self.guidance_scale, self.guidance_rescale, self.guidance_interval)
+
+
 def uses_guidance(guidance_scale: float) -> bool:
     """Whether sampling needs the unconditional branch (any scale but exactly 1)."""
     return guidance_scale != 1.0

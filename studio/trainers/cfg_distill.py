@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from studio.guidance import (
-    Guidance,
+    GuidedConfig,
     cfg_combine,
     in_guidance_interval,
     rescale_guided,
@@ -52,7 +52,7 @@ STEP_DRAW = 2**62
 
 
 @dataclass(kw_only=True)
-class CFGDistillConfig(TrainerConfig):
+class CFGDistillConfig(GuidedConfig, TrainerConfig):
     """Distilling a guided teacher into an unguided student, with an optional diversity reward.
 
     Attributes:
@@ -94,11 +94,6 @@ class CFGDistillConfig(TrainerConfig):
     guidance_min: float = 1.0
     sample_prompts: int = 8
     export: Path | None = None
-
-    @property
-    def guidance(self) -> Guidance:
-        """The teacher's guidance (validates the three fields)."""
-        return Guidance(self.guidance_scale, self.guidance_rescale, self.guidance_interval)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from studio.guidance import DEFAULT_GUIDANCE, Guidance, apply_condition_dropout, split_guided
+from studio.guidance import DEFAULT_GUIDANCE, GuidedConfig, apply_condition_dropout, split_guided
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler
 from studio.trainers.base import TrainerConfig, sample_generator, training_hardware
@@ -41,7 +41,7 @@ from studio.worlds import sample_seed
 
 
 @dataclass(kw_only=True)
-class RewardFinetuneConfig(TrainerConfig):
+class RewardFinetuneConfig(GuidedConfig, TrainerConfig):
     """Finetuning a base model on the adherence reward by backpropagation through its sampler.
 
     Attributes:
@@ -80,7 +80,7 @@ class RewardFinetuneConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.guidance_interval = Guidance(self.guidance_scale, self.guidance_rescale, self.guidance_interval).interval
+        self.guidance_interval = self.guidance.interval
         self.world = world_of(self.base, self.world)
         if min(self.sample_steps, self.backprop_steps) < 1:
             raise ValueError("sample_steps and backprop_steps must be >= 1")
@@ -107,7 +107,7 @@ class RewardFinetuneTrainer(StudentTrainer):
     def build(self) -> None:
         cfg = self.config
         self.load_base(cfg.base, cfg.world)
-        self.guidance = Guidance(cfg.guidance_scale, cfg.guidance_rescale, cfg.guidance_interval)
+        self.guidance = cfg.guidance
         self.sampler = DDIMSampler(self.alphas_cumprod, self.prediction_type, cfg.sample_steps, clip_x0=self.clip_x0)
         self.scorer = JudgeEmbedder(self.pipe, self.world.name, "reward")
         vocabulary = self.scorer.judge.attributes
