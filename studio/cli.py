@@ -291,6 +291,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
+    import torch
+
     from studio.config import apply_overrides
     from studio.recipes import RECIPES, get_recipe, run_config
 
@@ -302,7 +304,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         config = dataclasses.replace(config, out=args.out)
     command = "mixstudio " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-    result = run_config(config, command=command)
+    try:
+        result = run_config(config, command=command)
+    finally:
+        # a data-parallel process that exits with its process group alive can abort in the backend's teardown
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:  # one summary for a data-parallel run, from its first process
         print(result)
     return 0
