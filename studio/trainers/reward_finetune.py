@@ -17,9 +17,13 @@ that the unconditional branch guidance depends on keeps its meaning. An optional
 near the base *on its own rollouts*, where the data term does not look: the squared difference of the
 model's and the frozen base's outputs, both branches, at one state of each rollout. That is DPOK's bound
 on the KL divergence between the finetuned and the base sampler (Fan et al. 2023, "DPOK"). Without it,
-one of two ``reward-shapes`` seeds drifted to one background (docs/REWARD_FINETUNE.md)::
+one of two ``reward-shapes`` seeds drifted to one background (docs/REWARD_FINETUNE.md). The anchor does
+not ask two samples of one prompt to differ, and anchored runs lost diversity; an optional diversity
+reward does, as in CFG distillation (:func:`studio.trainers.rewards.pair_diversity`): each caption is rolled
+out twice, ``x_0¹`` and ``x_0²``, and ``D = 1 − cos(E(x_0¹), E(x_0²))`` with ``E`` the reward judge's
+embedding, backpropagated through the same rollouts as the adherence reward::
 
-    L = −λ_r · r(x_0(c), c) + λ_d · ‖f(x_t, t, c) − target‖² + λ_a · ‖f(x_s, s, ·) − f_base(x_s, s, ·)‖²
+    L = −λ_r · r(x_0(c), c) − β · D + λ_d · ‖f(x_t, t, c) − target‖² + λ_a · ‖f(x_s, s, ·) − f_base(x_s, s, ·)‖²
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from studio.guidance import DEFAULT_GUIDANCE, GuidedConfig, apply_condition_drop
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler
 from studio.trainers.base import TrainerConfig, sample_generator, training_hardware
-from studio.trainers.rewards import JudgeEmbedder, label_log_likelihood
+from studio.trainers.rewards import JudgeEmbedder, label_log_likelihood, pair_diversity
 from studio.trainers.student import StudentTrainer
 from studio.worlds import sample_seed
 
@@ -57,6 +61,8 @@ class RewardFinetuneConfig(GuidedConfig, TrainerConfig):
         reward_weight: ``λ_r``.
         data_weight: ``λ_d``; 0 trains on the reward alone (and lets the model drift from the world).
         anchor_weight: ``λ_a``, the weight of the base-model anchor on rollout states (0: none).
+        diversity_weight: ``β``, the weight of the diversity reward; > 0 rolls each caption out twice, so a
+            step costs two rollouts per caption (halve ``batch_size`` to keep its cost).
         condition_dropout: fraction of the data term's captions replaced by the empty prompt.
         sample_prompts: held-out prompts in the sample grid during training.
         export: also write the finetuned pipeline here.
@@ -74,6 +80,7 @@ class RewardFinetuneConfig(GuidedConfig, TrainerConfig):
     reward_weight: float = 1.0
     data_weight: float = 1.0
     anchor_weight: float = 0.0
+    diversity_weight: float = 0.0
     condition_dropout: float = 0.1
     sample_prompts: int = 8
     export: Path | None = None
@@ -86,17 +93,27 @@ class RewardFinetuneConfig(GuidedConfig, TrainerConfig):
             raise ValueError("sample_steps and backprop_steps must be >= 1")
         if self.backprop_steps > self.sample_steps:
             raise ValueError(f"backprop_steps {self.backprop_steps} exceeds sample_steps {self.sample_steps}")
-        for name in ("reward_weight", "data_weight", "anchor_weight"):
+        for name in ("reward_weight", "data_weight", "anchor_weight", "diversity_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.reward_weight == self.data_weight == 0:
-            raise ValueError("reward_weight and data_weight are both 0: nothing to train; set one > 0")
-        if self.anchor_weight > 0 and self.reward_weight == 0:
-            raise ValueError("anchor_weight > 0 anchors the reward rollouts, but reward_weight is 0; set it > 0")
+        if self.reward_weight == self.data_weight == self.diversity_weight == 0:
+            raise ValueError(
+                "reward_weight, data_weight and diversity_weight are all 0: nothing to train; set one > 0"
+            )
+        if self.anchor_weight > 0 and not self.rolls_out:
+            raise ValueError(
+                "anchor_weight > 0 anchors the rollouts, but reward_weight and diversity_weight are 0 (no "
+                "rollouts); set one > 0"
+            )
         if not 0 <= self.condition_dropout <= 1:
             raise ValueError(f"condition_dropout must be in [0, 1], got {self.condition_dropout}")
         self.attributes = tuple(self.attributes)
+
+    @property
+    def rolls_out(self) -> bool:
+        """Whether a step samples rollouts (a reward on them has weight > 0)."""
+        return self.reward_weight > 0 or self.diversity_weight > 0
 
 
 class RewardFinetuneTrainer(StudentTrainer):
@@ -137,16 +154,19 @@ class RewardFinetuneTrainer(StudentTrainer):
 
     def reward(
         self, samples, embeds, mask, gens, trajectory: list[torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(reward, hits)`` per sample of rollouts of these captions (see :func:`label_log_likelihood`).
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(reward, hits, embedding)`` per rollout of these captions, one rollout per sample.
 
-        ``trajectory``, if given, receives the rollouts' states (see :meth:`DDIMSampler.sample`).
+        ``reward`` and ``hits`` are :func:`label_log_likelihood`'s, ``embedding`` the reward judge's (for the
+        diversity reward). Each rollout starts from a draw of its generator; ``trajectory``, if given,
+        receives the rollouts' states (see :meth:`DDIMSampler.sample`).
         """
         x_T = torch.stack([torch.randn(self.sample_shape(), generator=g) for g in gens]).to(embeds.device)
         predict = self.guided_predictor(embeds, mask)
         x_0 = self.sampler.sample(predict, x_T, grad_steps=self.config.backprop_steps, trajectory=trajectory)
         targets = [self.world.parse_prompt(s.caption) for s in samples]
-        return label_log_likelihood(self.scorer.judge_output(x_0).logits, targets, self.vocabulary)
+        judged = self.scorer.judge_output(x_0)
+        return *label_log_likelihood(judged.logits, targets, self.vocabulary), judged.embedding
 
     def anchor_loss(self, trajectory: list[torch.Tensor], embeds, mask, gens) -> torch.Tensor:
         """``‖f − f_base‖²`` of both branches at one random state of each sample's rollout."""
@@ -159,6 +179,32 @@ class RewardFinetuneTrainer(StudentTrainer):
         with torch.no_grad():
             target = self.predictor(self.teacher, *both)(x, t)
         return F.mse_loss(self.predictor(self.model, *both)(x, t).float(), target.float())
+
+    def rollout_losses(self, samples, embeds, mask, gens) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted reward, diversity and anchor terms of these captions' rollouts, and their metrics.
+
+        With a diversity reward each caption is rolled out twice, from two successive draws of its generator.
+        """
+        cfg = self.config
+        copies = 2 if cfg.diversity_weight > 0 else 1
+        if copies > 1:
+            samples = [s for s in samples for _ in range(copies)]
+            embeds = embeds.repeat_interleave(copies, 0)
+            mask = None if mask is None else mask.repeat_interleave(copies, 0)
+            gens = [g for g in gens for _ in range(copies)]
+        trajectory = [] if cfg.anchor_weight > 0 else None
+        reward, hits, embedding = self.reward(samples, embeds, mask, gens, trajectory)
+        loss = -cfg.reward_weight * reward.mean()
+        metrics = {"reward": reward.mean().item(), "reward_judge_hits": hits.mean().item()}
+        if copies > 1:
+            diversity = pair_diversity(embedding[0::2], embedding[1::2]).mean()
+            loss = loss - cfg.diversity_weight * diversity
+            metrics["diversity_reward"] = diversity.item()
+        if trajectory:
+            anchor = self.anchor_loss(trajectory, embeds, mask, gens)
+            loss = loss + cfg.anchor_weight * anchor
+            metrics["anchor_mse"] = anchor.item()
+        return loss, metrics
 
     def data_loss(self, samples, embeds, mask, gens) -> torch.Tensor:
         """The pretraining loss on noised world samples of the same captions (condition dropout included)."""
@@ -178,15 +224,8 @@ class RewardFinetuneTrainer(StudentTrainer):
         gens = [sample_generator(cfg.seed, self.step, i) for i in indices]
         embeds, mask = self.encode([s.caption for s in samples])
         loss, metrics = torch.zeros((), device=embeds.device), {}
-        trajectory = [] if cfg.anchor_weight > 0 else None
-        if cfg.reward_weight > 0:
-            reward, hits = self.reward(samples, embeds, mask, gens, trajectory)
-            loss = loss - cfg.reward_weight * reward.mean()
-            metrics |= {"reward": reward.mean().item(), "reward_judge_hits": hits.mean().item()}
-        if trajectory:
-            anchor = self.anchor_loss(trajectory, embeds, mask, gens)
-            loss = loss + cfg.anchor_weight * anchor
-            metrics["anchor_mse"] = anchor.item()
+        if cfg.rolls_out:
+            loss, metrics = self.rollout_losses(samples, embeds, mask, gens)
         if cfg.data_weight > 0:
             data = self.data_loss(samples, embeds, mask, gens)
             loss = loss + cfg.data_weight * data
@@ -209,12 +248,17 @@ class RewardFinetuneTrainer(StudentTrainer):
         refinements = self.guidance.refinements()
         refined = f" ({', '.join(refinements)})" if refinements else ""
         hardware = training_hardware(self.accelerator.device, self.accelerator.num_processes)
+        diversity = (
+            f", diversity-reward weight {cfg.diversity_weight:g} (two rollouts per caption)"
+            if cfg.diversity_weight
+            else ""
+        )
         return f"""# `{cfg.base}` finetuned on the adherence reward (DRaFT-{cfg.backprop_steps})
 
 The reward judge's log-likelihood of what each prompt asks for ({scored}), backpropagated through the
 last {cfg.backprop_steps} of {cfg.sample_steps} DDIM steps of rollouts guided at w={cfg.guidance_scale:g}{refined};
 reward weight {cfg.reward_weight:g}, pretraining-loss weight {cfg.data_weight:g}, base-anchor weight
-{cfg.anchor_weight:g}.
+{cfg.anchor_weight:g}{diversity}.
 
 - Made by: `{self.command or "mixstudio train reward-" + str(cfg.world)}`
 - Steps: {metrics["steps"]} at batch {cfg.batch_size} (lr {cfg.lr}, seed {cfg.seed})

@@ -101,13 +101,16 @@ def test_musicgen_distillation_is_one_update_over_two_processes(tiny_musicgen, t
 
 @needs_torchrun
 def test_reward_finetuning_is_one_update_over_two_processes(tiny_shapes_folder, tmp_path):
-    """DRaFT-3 on guided rollouts plus the pretraining loss and the recipe's base anchor, two samples per process."""
+    """DRaFT-3 on guided rollouts plus the pretraining loss, the recipe's base anchor and a diversity reward, two
+    captions (four rollouts) per process."""
     settings = [
         f"base={tiny_shapes_folder}", "max_steps=2", "batch_size=4", "lr=1e-3", "sample_steps=3", "backprop_steps=3",
-        "sample_every=0", "sample_prompts=2", "checkpoint_every=2",
+        "diversity_weight=0.5", "sample_every=0", "sample_prompts=2", "checkpoint_every=2",
     ]  # fmt: skip
     weights = "unet/diffusion_pytorch_model.safetensors"
-    assert_two_processes_train_as_one("reward-shapes", settings, tmp_path, tiny_shapes_folder, weights, "reward")
+    assert_two_processes_train_as_one(
+        "reward-shapes", settings, tmp_path, tiny_shapes_folder, weights, "diversity_reward"
+    )
 
 
 def assert_two_processes_train_as_one(recipe, settings, tmp_path, base: Path, weights: str, reward: str) -> None:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from studio.guidance import cfg_combine, rescale_guided
@@ -139,6 +140,37 @@ def test_the_anchor_pulls_a_drifted_model_back_to_the_base(tiny_shapes_folder, t
     assert gaps[-1] < 0.5 * gaps[0], gaps
 
 
+def test_the_diversity_reward_is_one_minus_cos_of_two_rollouts_of_each_caption(tiny_shapes_folder, tmp_path):
+    trainer = make_trainer(
+        tiny_shapes_folder, tmp_path, sample_steps=2, backprop_steps=2, reward_weight=0.0, data_weight=0.0,
+        diversity_weight=2.0, guidance_scale=3.0,
+    )  # fmt: skip
+    _, gens, embeds, mask = batch(trainer)
+    loss, metrics = trainer.train_step(trainer.local_indices(0))
+    # by hand: two successive noise draws of each caption's generator, rolled out as one guided batch
+    x_T = torch.stack([torch.randn(trainer.sample_shape(), generator=g) for g in gens for _ in range(2)])
+    with torch.no_grad():
+        predict = trainer.guided_predictor(embeds.repeat_interleave(2, 0), mask.repeat_interleave(2, 0))
+        embedding = trainer.scorer(trainer.sampler.sample(predict, x_T))
+    first, second = F.normalize(embedding[0::2], dim=-1), F.normalize(embedding[1::2], dim=-1)
+    diversity = (1 - (first * second).sum(-1)).mean()
+    assert diversity > 0.01  # the two rollouts of a caption differ
+    assert metrics["diversity_reward"] == pytest.approx(diversity.item(), rel=1e-4)
+    torch.testing.assert_close(loss.detach(), -2.0 * diversity, rtol=1e-4, atol=1e-7)
+    loss.backward()
+    assert all(p.grad is None for p in trainer.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters())
+
+
+def test_the_diversity_reward_climbs_on_a_fixed_batch(tiny_shapes_folder, tmp_path):
+    trainer = make_trainer(
+        tiny_shapes_folder, tmp_path, sample_steps=3, backprop_steps=3, reward_weight=0.0, data_weight=0.0,
+        diversity_weight=1.0, lr=3e-3,
+    )  # fmt: skip
+    diversity = [metrics["diversity_reward"] for metrics in train(trainer, 10)]
+    assert max(diversity[-3:]) > diversity[0] + 0.2, diversity  # measured: 0.015 -> 0.47
+
+
 def test_the_reward_scores_only_the_chosen_attributes(tiny_shapes_folder, tmp_path):
     trainer = make_trainer(tiny_shapes_folder, tmp_path, attributes=("colour",))
     assert list(trainer.vocabulary) == ["colour"]
@@ -156,8 +188,9 @@ def test_the_reward_scores_only_the_chosen_attributes(tiny_shapes_folder, tmp_pa
         ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
         ({"condition_dropout": 1.5}, r"condition_dropout must be in \[0, 1\]"),
         ({"reward_weight": 0.0, "data_weight": 0.0}, "nothing to train"),
-        ({"reward_weight": 0.0, "anchor_weight": 1.0}, "anchor_weight > 0 anchors the reward rollouts"),
+        ({"reward_weight": 0.0, "anchor_weight": 1.0}, "anchor_weight > 0 anchors the rollouts"),
         ({"anchor_weight": -0.5}, "anchor_weight must be a finite number >= 0"),
+        ({"diversity_weight": float("inf")}, "diversity_weight must be a finite number >= 0"),
     ],
 )
 def test_bad_settings_are_refused(overrides, message):
@@ -175,13 +208,16 @@ def test_a_run_exports_a_pipeline_with_its_card(tiny_shapes_folder, tmp_path):
     config = RewardFinetuneConfig(
         base=str(tiny_shapes_folder), world="shapes", out=tmp_path / "run", batch_size=2, max_steps=1,
         sample_steps=2, backprop_steps=2, guidance_scale=3.0, guidance_rescale=0.7, guidance_interval=(0.0, 0.6),
-        sample_prompts=1, lr=1e-3,
+        sample_prompts=1, lr=1e-3, diversity_weight=0.5,
     )  # fmt: skip
     metrics = RewardFinetuneTrainer(config, command="mixstudio train reward-shapes --set max_steps=1").fit()
     assert metrics["steps"] == 1 and 0 <= metrics["sample_adherence"] <= 1
     card = (tmp_path / "run" / "model" / "README.md").read_text()
     assert "DRaFT-2" in card and "(rescale φ=0.7, guided at t/T in [0, 0.6] only)" in card
-    assert "Steps: 1 at batch 2" in card and "base-anchor weight\n0." in card
+    assert (
+        "Steps: 1 at batch 2" in card
+        and "base-anchor weight\n0, diversity-reward weight 0.5 (two rollouts per caption)." in card
+    )
     assert "`mixstudio train reward-shapes --set max_steps=1`" in card
     tuned = load_pipeline(tmp_path / "run" / "model", "image").unet.state_dict()
     base = load_pipeline(tiny_shapes_folder, "image").unet.state_dict()
