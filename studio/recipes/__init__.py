@@ -142,6 +142,28 @@ def pretrain_synth_gpu() -> PretrainConfig:
     )
 
 
+def pretrain_synth_mode() -> PretrainConfig:
+    """Continued pretraining of the shipped ``synth`` on mode pairs with the pair-contrast term (45 CPU minutes).
+
+    Each batch holds 8 tunes, each played in major and in minor with one noise draw (see
+    :func:`studio.trainers.pretrain.pair_contrast`); ``--set contrast_weight=0`` is the control with the same pairs.
+    """
+    return replace(
+        pretrain_synth_gpu(),
+        out=Path("runs/pretrain-synth-mode"),
+        init=Path("synth"),
+        contrast_attribute="mode",
+        contrast_weight=0.1,
+        batch_size=16,
+        lr=1e-4,
+        lr_warmup_steps=20,
+        ema_decay=0.995,
+        max_steps=3000,
+        max_minutes=45,
+        checkpoint_every=100,
+    )
+
+
 def cfg_distill_shapes() -> CFGDistillConfig:
     """The unguided student of the embedded ``shapes`` model (β = 0: the quality student).
 
@@ -296,6 +318,7 @@ RECIPES: dict[str, Callable[[], Any]] = {
     "pretrain-shapes-gpu": pretrain_shapes_gpu,
     "pretrain-shapes-gpu-continue": pretrain_shapes_gpu_continue,
     "pretrain-synth-gpu": pretrain_synth_gpu,
+    "pretrain-synth-mode": pretrain_synth_mode,
     "cfg-distill-shapes": cfg_distill_shapes,
     "cfg-distill-synth": cfg_distill_synth,
     "cfg-distill-musicgen": cfg_distill_musicgen,

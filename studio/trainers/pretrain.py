@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,6 +56,11 @@ class PretrainConfig(TrainerConfig):
         export: also write the final pipeline here (e.g. ``assets/models/shapes``).
         init: start from the UNet of this pipeline folder or embedded model (continued pretraining; the
             architecture fields must match it). The optimizer and the EMA start afresh, from its weights.
+        contrast_attribute: train on pairs of samples that differ in this attribute alone
+            (:meth:`~studio.worlds.base.World.contrast_pair`), each pair with one noise, timestep and dropout
+            draw, so the batch holds ``batch_size / 2`` pairs; None trains on independent samples.
+        contrast_weight: weight of :func:`pair_contrast`, the error in what tells a pair's two predictions
+            apart; it singles out an attribute that leaves a faint mark in the plain loss (``synth``'s mode).
     """
 
     world: Literal["shapes", "synth"] = "shapes"
@@ -75,6 +81,8 @@ class PretrainConfig(TrainerConfig):
     sample_prompts: int = 8
     export: Path | None = None
     init: Path | None = None
+    contrast_attribute: str | None = None
+    contrast_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,6 +94,24 @@ class PretrainConfig(TrainerConfig):
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or none, got {self.ema_decay}")
+        if not (math.isfinite(self.contrast_weight) and self.contrast_weight >= 0):
+            raise ValueError(f"contrast_weight must be a finite number >= 0, got {self.contrast_weight}")
+        if self.contrast_weight > 0 and self.contrast_attribute is None:
+            raise ValueError("contrast_weight > 0 needs pairs to contrast; set contrast_attribute (e.g. mode)")
+        if self.contrast_attribute is not None:
+            attributes = get_world(self.world).attributes
+            if self.contrast_attribute not in attributes:
+                raise ValueError(
+                    f"contrast_attribute {self.contrast_attribute!r} is not a {self.world} attribute; "
+                    f"use one of {sorted(attributes)}"
+                )
+            if self.batch_size % 2:
+                raise ValueError(f"contrast pairs need an even batch_size, got {self.batch_size}")
+            if self.prediction_type != "v_prediction":
+                raise ValueError(
+                    "a contrast pair shares its noise, so its two epsilon targets are equal; "
+                    "set prediction_type=v_prediction (whose targets differ by -sigma_t times the pair's difference)"
+                )
 
 
 class PretrainTrainer(Trainer):
@@ -161,16 +187,30 @@ class PretrainTrainer(Trainer):
         return self.world.sample(sample_seed(self.config.data_seed, index))
 
     def load_batch(self, step: int, indices: list[int]) -> dict:
-        """World samples and every per-sample draw of ``step`` (noise, timestep, condition dropout)."""
+        """World samples and every per-sample draw of ``step`` (noise, timestep, condition dropout).
+
+        With ``contrast_attribute`` the first half of ``indices`` draws pairs, laid out ``a0, b0, a1, b1, ...``,
+        and each pair shares its draws.
+        """
         cfg = self.config
-        samples = [self.world_sample(i) for i in indices]
+        if cfg.contrast_attribute is None:
+            samples = [self.world_sample(i) for i in indices]
+            copies = 1
+        else:
+            indices = indices[: len(indices) // 2]
+            seeds = [sample_seed(cfg.data_seed, i) for i in indices]
+            samples = [s for seed in seeds for s in self.world.contrast_pair(seed, cfg.contrast_attribute)]
+            copies = 2
         gens = [sample_generator(cfg.seed, step, i) for i in indices]
-        return {
-            "data": torch.stack([to_tensor(s.data) for s in samples]),
-            "captions": [s.caption for s in samples],
+        draws = {
             "noise": torch.stack([torch.randn(self.model_shape, generator=g) for g in gens]),
             "t": torch.stack([torch.randint(0, cfg.num_train_timesteps, (), generator=g) for g in gens]),
             "drop": torch.stack([torch.rand((), generator=g) < cfg.condition_dropout for g in gens]),
+        }
+        return {
+            "data": torch.stack([to_tensor(s.data) for s in samples]),
+            "captions": [s.caption for s in samples],
+            **{name: draw.repeat_interleave(copies, 0) for name, draw in draws.items()},
         }
 
     def train_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -186,7 +226,12 @@ class PretrainTrainer(Trainer):
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         weights = self.snr_weights(t)
         loss = (per_sample * weights).mean()
-        return loss, {"mse": per_sample.mean().item()}
+        metrics = {"mse": per_sample.mean().item()}
+        if cfg.contrast_attribute is not None:
+            contrast = pair_contrast(pred.float(), target.float(), ~batch["drop"][0::2].to(device))
+            loss = loss + cfg.contrast_weight * contrast
+            metrics["contrast"] = contrast.item()
+        return loss, metrics
 
     def snr_weights(self, t: torch.Tensor) -> torch.Tensor:
         """min-SNR-γ weights: ``min(SNR, γ) / SNR`` for ε, ``min(SNR, γ) / (SNR + 1)`` for v (Hang et al. 2023)."""
@@ -270,6 +315,23 @@ class PretrainTrainer(Trainer):
         return model_card(self.config, metrics, params, self.command, hardware)
 
 
+def pair_contrast(pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """How wrong the model is about what tells each pair apart, relative to how much does.
+
+    Rows ``2i`` and ``2i + 1`` of ``pred`` and ``target`` are a pair (one noise draw, one timestep, captions
+    that differ in one attribute); ``keep`` selects the pairs to score (those whose captions were not dropped).
+    Returns ``Σ‖Δpred − Δtarget‖² / Σ‖Δtarget‖²`` over the kept pairs, ``Δ`` the difference within a pair:
+    1 for a model that predicts the same for both, 0 for one that gets the difference right, whatever the rest
+    of its error. In the plain loss a difference confined to a few mel bins, like a semitone on the third,
+    counts for little; here it is all there is.
+    """
+    delta = (pred[0::2] - pred[1::2])[keep]
+    wanted = (target[0::2] - target[1::2])[keep]
+    if not len(wanted):
+        return pred.sum() * 0
+    return (delta - wanted).square().sum() / wanted.square().sum().clamp_min(1e-12)
+
+
 def load_unet_weights(unet: torch.nn.Module, source: Path | str) -> None:
     """Load the UNet weights of a pipeline folder (or embedded model name) into ``unet``, in its dtype.
 
@@ -311,6 +373,11 @@ def model_card(
     target = "v-prediction" if cfg.prediction_type == "v_prediction" else "epsilon-prediction"
     weighting = f"min-SNR gamma={cfg.snr_gamma}" if cfg.snr_gamma else "plain MSE"
     continued = f"- Continued from the UNet of `{cfg.init}` (fresh optimizer and EMA)\n" if cfg.init else ""
+    if cfg.contrast_attribute:
+        continued += (
+            f"- Trained on pairs that differ only in {cfg.contrast_attribute}, pair-contrast weight "
+            f"{cfg.contrast_weight:g}\n"
+        )
     pooled = ", plus an attention-pooled prompt embedding added to the timestep embedding" if cfg.pooled_text else ""
     return f"""# Embedded base model `{cfg.world}`
 

@@ -215,6 +215,29 @@ class World(ABC):
         data, extras = self.render(labels, rng)
         return Sample(data=data, caption=prompt.text, labels=labels, seed=seed, extras=extras)
 
+    def contrast_pair(self, seed: int, attribute: str, split: Split = "train") -> tuple[Sample, Sample]:
+        """Two samples that differ in ``attribute`` alone, each captioned by a caption that names it.
+
+        Both render from one random stream with only ``attribute`` fixed (to two different values), so every
+        other label, and every draw that does not depend on the attribute, is shared: a ``synth`` pair in
+        ``mode`` is one tune played in major and in minor. The seed is the first of ``seed``'s stream whose
+        caption names the attribute.
+
+        Raises:
+            ValueError: for an unknown attribute, or one with a single value.
+        """
+        values = self.attributes.get(attribute)
+        if values is None or len(values) < 2:
+            choices = sorted(a for a, v in self.attributes.items() if len(v) > 1)
+            raise ValueError(f"cannot contrast {self.name} attribute {attribute!r}; use one of {choices}")
+        for k in range(1000):
+            stream = sample_seed(seed, k)
+            first, second = np.random.default_rng([stream, 1]).choice(len(values), size=2, replace=False)
+            a = self.sample(stream, {attribute: values[first]}, split)
+            if attribute in self.parse_prompt(a.caption):
+                return a, self.sample(stream, {attribute: values[second]}, split)
+        raise RuntimeError(f"no caption of the first 1000 seeds from {seed} names {attribute!r}")  # pragma: no cover
+
     def parse_prompt(self, text: str) -> Labels:
         """The attribute values a free-text prompt asks for (train and held-out phrases)."""
         return self.phrases.parse(text)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from studio.trainers.pretrain import PretrainConfig, PretrainTrainer
+from studio.trainers.pretrain import PretrainConfig, PretrainTrainer, pair_contrast
 
 
 def tiny_config(out, **overrides) -> PretrainConfig:
@@ -65,6 +65,66 @@ def test_data_processes_prepare_the_same_batches(tmp_path):
         torch.testing.assert_close(trained[2][k], v, rtol=0, atol=0, msg=k)
 
 
+def test_pair_contrast_scores_only_what_tells_a_pair_apart():
+    torch.manual_seed(0)
+    target = torch.randn(6, 1, 4, 5)
+    keep = torch.tensor([True, True, True])
+    assert pair_contrast(target.clone(), target, keep) == 0
+    shared = target + torch.randn(3, 1, 4, 5).repeat_interleave(2, 0)  # wrong, but wrong alike within each pair
+    torch.testing.assert_close(pair_contrast(shared, target, keep), torch.tensor(0.0), atol=1e-6, rtol=0)
+    blind = target.clone()
+    blind[1::2] = blind[0::2]  # the same prediction for both of a pair
+    torch.testing.assert_close(pair_contrast(blind, target, keep), torch.tensor(1.0))
+    half = target.clone()
+    half[1::2] = (target[0::2] + target[1::2]) / 2  # half of each difference
+    torch.testing.assert_close(pair_contrast(half, target, keep), torch.tensor(0.25))
+    dropped = torch.tensor([False, True, True])  # pair 0 is blind and not scored
+    half[1] = half[0]
+    torch.testing.assert_close(pair_contrast(half, target, dropped), torch.tensor(0.25))
+    pred = target.clone().requires_grad_()
+    pair_contrast(pred + 0.1 * torch.randn_like(pred), target, keep).backward()
+    torch.testing.assert_close(pred.grad[0::2], -pred.grad[1::2])  # only the difference within a pair is pulled
+
+
+def contrast_config(out, weight, **overrides):
+    return tiny_config(
+        out,
+        world="synth",
+        channels=(8, 16),
+        contrast_attribute="mode",
+        contrast_weight=weight,
+        prediction_type="v_prediction",
+        snr_gamma=None,
+        **overrides,
+    )
+
+
+def test_contrast_batches_are_pairs_with_shared_draws(tmp_path):
+    trainer = PretrainTrainer(contrast_config(tmp_path, 1.0))
+    trainer.setup()
+    batch = trainer.load_batch(0, [0, 1, 2, 3])
+    modes = [trainer.world.parse_prompt(c)["mode"] for c in batch["captions"]]
+    assert modes[0] != modes[1] and modes[2] != modes[3]
+    for key in ("noise", "t", "drop"):
+        torch.testing.assert_close(batch[key][0::2], batch[key][1::2], rtol=0, atol=0)
+    assert not torch.equal(batch["noise"][0], batch["noise"][2])
+
+
+def test_the_contrast_term_teaches_the_pair_difference(tmp_path):
+    """On one pair revisited, the weighted term drives the contrast down; the plain loss alone does not."""
+    curves = {}
+    for weight in (10.0, 0.0):
+        trainer = PretrainTrainer(contrast_config(tmp_path / f"w{weight:g}", weight, batch_size=2, lr=1e-2))
+        trainer.setup()
+        curves[weight] = []
+        for _ in range(12):
+            trainer.step = 0
+            curves[weight].append(trainer.optimizer_step()["contrast"])
+    assert curves[10.0][0] == curves[0.0][0]
+    assert curves[10.0][-1] < 0.2 * curves[10.0][0]
+    assert curves[0.0][-1] > 2 * curves[10.0][-1]
+
+
 def test_init_continues_from_a_pipelines_unet_and_refuses_another_architecture(tmp_path):
     first = PretrainTrainer(tiny_config(tmp_path / "a"))
     first.fit()
@@ -115,6 +175,11 @@ def test_training_reduces_the_loss_and_only_trains_the_unet(tmp_path):
         ({"condition_dropout": 1.0}, "condition_dropout"),
         ({"max_steps": 0}, "max_steps must be positive"),
         ({"ema_decay": 1.5}, "ema_decay"),
+        ({"contrast_weight": 0.5}, "set contrast_attribute"),
+        ({"contrast_weight": float("nan"), "contrast_attribute": "colour"}, "contrast_weight must be"),
+        ({"contrast_attribute": "mode"}, "'mode' is not a shapes attribute"),
+        ({"contrast_attribute": "colour", "batch_size": 3}, "even batch_size"),
+        ({"contrast_attribute": "colour"}, "set prediction_type=v_prediction"),
     ],
 )
 def test_bad_configs_are_refused(tmp_path, override, message):

@@ -130,6 +130,27 @@ def test_lead_third_decides_the_mode():
         assert major_third_louder == (labels["mode"] == "major"), labels
 
 
+def test_a_mode_contrast_pair_is_one_tune_in_major_and_minor():
+    for seed in range(6):
+        a, b = WORLD.contrast_pair(seed, "mode")
+        assert {a.labels["mode"], b.labels["mode"]} == {"major", "minor"}
+        assert {k: v for k, v in a.labels.items() if k != "mode"} == {k: v for k, v in b.labels.items() if k != "mode"}
+        assert WORLD.parse_prompt(a.caption)["mode"] == a.labels["mode"]
+        assert WORLD.parse_prompt(b.caption)["mode"] == b.labels["mode"]
+        assert a.extras["bpm"] == b.extras["bpm"]  # every draw that mode does not touch is shared
+        np.testing.assert_array_equal(a.extras["stems"]["drums"] != 0, b.extras["stems"]["drums"] != 0)
+        chroma = [_chroma(s.extras["stems"]["lead"], 200.0, 1100.0) for s in (a, b)]
+        root = KEYS.index(a.labels["key"])
+        for c, sample in zip(chroma, (a, b), strict=True):
+            assert (c[(root + 4) % 12] > c[(root + 3) % 12]) == (sample.labels["mode"] == "major")
+    assert WORLD.contrast_pair(3, "mode")[0].caption == WORLD.contrast_pair(3, "mode")[0].caption
+
+
+def test_contrast_pair_refuses_an_unknown_attribute():
+    with pytest.raises(ValueError, match="cannot contrast synth attribute 'colour'"):
+        WORLD.contrast_pair(0, "colour")
+
+
 def test_render_rejects_incomplete_or_unknown_labels():
     with pytest.raises(ValueError, match="miss attributes"):
         _render({"tempo": "fast"}, 0)
