@@ -358,9 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mixstudio``; returns the process exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    before = os.environ.get("TQDM_DISABLE")
     if args.quiet:
-        import os
-
         os.environ["TQDM_DISABLE"] = "1"
     try:
         return COMMANDS[args.command](args)
@@ -370,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:  # a caller that runs several commands in one process (tests, notebooks) gets its setting back
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
 
 
 if __name__ == "__main__":

@@ -256,7 +256,8 @@ class Trainer(ABC):
             initial=self.step,
             desc=type(self).__name__,
             unit="step",
-            disable=not self.accelerator.is_main_process,
+            # tqdm reads TQDM_DISABLE (set by `mixstudio --quiet`) only for arguments a bar leaves out
+            disable=not self.accelerator.is_main_process or os.environ.get("TQDM_DISABLE") == "1",
         )
         batches = self.batches()
         while self.step < self.config.max_steps:

@@ -1,5 +1,7 @@
 """Token-level CFG distillation of a tiny randomly initialised MusicGen built here (offline)."""
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -136,11 +138,14 @@ def test_bad_configs_are_refused(tiny_musicgen, tmp_path):
         setup(tmp_path / "missing", tmp_path / "out")
 
 
-def test_the_recipe_runs_from_the_cli_on_any_musicgen_folder(tiny_musicgen, tmp_path):
+def test_the_recipe_runs_from_the_cli_on_any_musicgen_folder(tiny_musicgen, tmp_path, capsys, monkeypatch):
     from studio.cli import main
 
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     overrides = {"base": tiny_musicgen, "max_new_tokens": 8, "max_steps": 2, "batch_size": 2, "export": tmp_path / "s"}
     argv = ["--quiet", "train", "cfg-distill-musicgen", "--out", str(tmp_path / "run")]
     assert main([*argv, *[x for k, v in overrides.items() for x in ("--set", f"{k}={v}")]]) == 0
+    assert "MusicgenDistillTrainer:" not in capsys.readouterr().err  # --quiet hides the training bar too
+    assert "TQDM_DISABLE" not in os.environ  # and leaves the caller's environment as it found it
     assert MusicgenForConditionalGeneration.from_pretrained(tmp_path / "s").config.decoder.num_codebooks == CODEBOOKS
     assert (tmp_path / "run" / "model" / "train_metrics.json").is_file()
