@@ -53,8 +53,8 @@ class EmbeddedModel:
     role: Literal["base", "quality", "diversity", "reward"] = "base"
 
 
-#: The teacher the shipped ``shapes`` students were distilled from: w = 3, rescaled, guided only at t/T <= 0.6
-#: (docs/BASE_MODELS.md: the best guided setting of the ``shapes`` base).
+#: The guidance the shipped ``shapes`` students were distilled from (their teacher is ``shapes-reward``): w = 3,
+#: rescaled, guided only at t/T <= 0.6 (docs/BASE_MODELS.md: the best guided setting of the ``shapes`` base).
 REFINED_SHAPES_TEACHER = "--set guidance_scale=3 --set guidance_rescale=0.7 --set guidance_interval=0,0.6"
 
 #: Every shipped model by name.
@@ -69,14 +69,15 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "shapes-quality": EmbeddedModel(
         "image",
         "shapes",
-        f"mixstudio train cfg-distill-shapes {REFINED_SHAPES_TEACHER} --set export=assets/models/shapes-quality",
+        f"mixstudio train cfg-distill-shapes --set base=shapes-reward {REFINED_SHAPES_TEACHER} --set seed=1 "
+        "--set export=assets/models/shapes-quality",
         "quality",
     ),
     "shapes-diversity": EmbeddedModel(
         "image",
         "shapes",
-        f"mixstudio train cfg-distill-shapes {REFINED_SHAPES_TEACHER} --set diversity_weight=0.5 "
-        "--set export=assets/models/shapes-diversity",
+        f"mixstudio train cfg-distill-shapes --set base=shapes-reward {REFINED_SHAPES_TEACHER} --set seed=1 "
+        "--set diversity_weight=0.5 --set export=assets/models/shapes-diversity",
         "diversity",
     ),
     "shapes-reward": EmbeddedModel(

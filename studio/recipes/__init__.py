@@ -170,9 +170,9 @@ def cfg_distill_shapes() -> CFGDistillConfig:
     """The unguided student of the embedded ``shapes`` model (β = 0: the quality student).
 
     ``--set diversity_weight=β`` trains a diversity student: the reward is backpropagated through the last two
-    of eight sampler steps. The shipped pair distils the refined teacher (w = 3, guidance rescale 0.7, guided
-    only at t/T <= 0.6; ``studio.models.zoo.REFINED_SHAPES_TEACHER`` holds the ``--set`` flags): 400 steps
-    each, ``shapes-quality`` with β = 0 and ``shapes-diversity`` with β = 0.5.
+    of eight sampler steps. The shipped pair distils ``shapes-reward`` at the refined setting (w = 3, guidance
+    rescale 0.7, guided only at t/T <= 0.6; ``studio.models.zoo.REFINED_SHAPES_TEACHER`` holds the ``--set``
+    flags): 400 steps each, ``shapes-quality`` with β = 0 and ``shapes-diversity`` with β = 0.5.
     """
     return CFGDistillConfig(
         base="shapes",
