@@ -53,7 +53,7 @@ class EmbeddedModel:
     role: Literal["base", "quality", "diversity", "reward"] = "base"
 
 
-#: The guidance the shipped ``shapes`` students were distilled from (their teacher is ``shapes-reward``): w = 3,
+#: The guidance the shipped ``shapes`` students were distilled with (their teacher is ``shapes-reward``): w = 3,
 #: rescaled, guided only at t/T <= 0.6 (docs/BASE_MODELS.md: the best guided setting of the ``shapes`` base).
 REFINED_SHAPES_TEACHER = "--set guidance_scale=3 --set guidance_rescale=0.7 --set guidance_interval=0,0.6"
 
