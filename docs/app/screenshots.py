@@ -97,7 +97,7 @@ def drive(page, out: Path, steps: int, train_overrides: str, adapter: str | None
         pick(page, "image-adapter", adapter)
         page.fill("#image-prompt textarea", "a sks shape")
     else:
-        page.fill("#image-prompt textarea", "a red circle on a blue background")
+        page.fill("#image-prompt textarea", "a red circle on a navy background")
     set_number(page, "image-steps", steps)
     set_number(page, "image-guidance-rescale", 0.7)  # the guidance refinements in use (docs/BASE_MODELS.md)
     set_number(page, "image-guided-below", 0.6)

@@ -37,8 +37,8 @@ CSS = """
 """
 HEAVY = {"concurrency_id": "compute", "concurrency_limit": 1}
 LIGHT = {"concurrency_limit": None, "show_progress": "hidden"}
-DEFAULT_PROMPT = "a red circle on a blue background"
-DEFAULT_MUSIC_PROMPT = "a fast minor tune with a piano lead and drums"
+DEFAULT_PROMPT = "a red circle on a navy background"
+DEFAULT_MUSIC_PROMPT = "a fast minor tune with a bell melody and rock drums"
 
 
 def build_ui(studio: Studio) -> gr.Blocks:

@@ -16,10 +16,11 @@ import pytest
 from studio.app.handlers import Handlers, whole
 from studio.app.inputs import MAX_CLIPS, MAX_MERGE
 from studio.app.service import Evaluation, Studio
-from studio.app.ui import build_ui
+from studio.app.ui import DEFAULT_MUSIC_PROMPT, DEFAULT_PROMPT, build_ui
 from studio.cli import build_parser, main
 from studio.io import read_image, write_png
 from studio.sweep import SweepPoint, SweepReport
+from studio.worlds import get_world
 
 
 @pytest.fixture
@@ -53,6 +54,18 @@ def test_build_ui_has_the_tabs_and_a_bounded_queue_and_loads_nothing(studio):
     assert outputs[-1]["name"].tolist() == [m.name for m in studio.list_models()]  # the models table
     heavy = [d for d in demo.fns.values() if d.concurrency_id == "compute"]
     assert len(heavy) >= 6 and all(d.concurrency_limit == 1 for d in heavy)
+
+
+@pytest.mark.parametrize(
+    ("world", "prompt", "labels"),
+    [
+        ("shapes", DEFAULT_PROMPT, {"colour": "red", "shape": "circle", "background": "navy"}),
+        ("synth", DEFAULT_MUSIC_PROMPT, {"tempo": "fast", "mode": "minor", "lead": "bell", "drums": "rock"}),
+    ],
+)
+def test_default_prompts_speak_their_worlds_vocabulary(world, prompt, labels):
+    # words outside the world mislead: "blue background" reads as a second colour, "piano" as no instrument
+    assert get_world(world).parse_prompt(prompt) == labels
 
 
 def test_importing_the_app_package_loads_neither_gradio_nor_models():
