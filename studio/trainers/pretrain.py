@@ -61,6 +61,14 @@ class PretrainConfig(TrainerConfig):
             draw, so the batch holds ``batch_size / 2`` pairs; None trains on independent samples.
         contrast_weight: weight of :func:`pair_contrast`, the error in what tells a pair's two predictions
             apart; it singles out an attribute that leaves a faint mark in the plain loss (``synth``'s mode).
+        contrast_input: ``"own"`` noises each member of a pair on its own clip (their inputs differ by
+            ``α_t`` times the pair's difference, so the model can read the difference off its input);
+            ``"shared"`` gives both members the first member's noisy input, and the second member's target
+            is the velocity that leads from that input to *its* clip, ``(α_t·x_t − x0_b) / σ_t``: the caption
+            alone has to tell the model which clip to head for (:func:`counterfactual_velocity`).
+        contrast_shared_from: with ``"shared"``, only pairs at ``t ≥ contrast_shared_from·T`` share an input;
+            counterfactual targets grow as ``1/σ_t``, so the low-noise pairs keep their own inputs.
+        contrast_t_range: the pairs' timesteps are drawn from ``[low·T, high·T)`` (default: every step).
     """
 
     world: Literal["shapes", "synth"] = "shapes"
@@ -83,6 +91,9 @@ class PretrainConfig(TrainerConfig):
     init: Path | None = None
     contrast_attribute: str | None = None
     contrast_weight: float = 0.0
+    contrast_input: Literal["own", "shared"] = "own"
+    contrast_shared_from: float = 0.3
+    contrast_t_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,6 +109,12 @@ class PretrainConfig(TrainerConfig):
             raise ValueError(f"contrast_weight must be a finite number >= 0, got {self.contrast_weight}")
         if self.contrast_weight > 0 and self.contrast_attribute is None:
             raise ValueError("contrast_weight > 0 needs pairs to contrast; set contrast_attribute (e.g. mode)")
+        if self.contrast_input not in ("own", "shared"):
+            raise ValueError(f"contrast_input must be 'own' or 'shared', got {self.contrast_input!r}")
+        if self.contrast_input == "shared" and self.contrast_attribute is None:
+            raise ValueError("contrast_input=shared needs pairs; set contrast_attribute (e.g. mode)")
+        if not 0 < self.contrast_shared_from < 1:
+            raise ValueError(f"contrast_shared_from must be in (0, 1), got {self.contrast_shared_from}")
         if self.contrast_attribute is not None:
             attributes = get_world(self.world).attributes
             if self.contrast_attribute not in attributes:
@@ -107,6 +124,9 @@ class PretrainConfig(TrainerConfig):
                 )
             if self.batch_size % 2:
                 raise ValueError(f"contrast pairs need an even batch_size, got {self.batch_size}")
+            low, high = self.contrast_t_range
+            if not 0 <= low < high <= 1:
+                raise ValueError(f"contrast_t_range must be LOW,HIGH with 0 <= LOW < HIGH <= 1, got {low},{high}")
             if self.prediction_type != "v_prediction":
                 raise ValueError(
                     "a contrast pair shares its noise, so its two epsilon targets are equal; "
@@ -202,9 +222,11 @@ class PretrainTrainer(Trainer):
             samples = [s for seed in seeds for s in self.world.contrast_pair(seed, cfg.contrast_attribute)]
             copies = 2
         gens = [sample_generator(cfg.seed, step, i) for i in indices]
+        low, high = (0.0, 1.0) if cfg.contrast_attribute is None else cfg.contrast_t_range
+        t_low, t_high = round(low * cfg.num_train_timesteps), round(high * cfg.num_train_timesteps)
         draws = {
             "noise": torch.stack([torch.randn(self.model_shape, generator=g) for g in gens]),
-            "t": torch.stack([torch.randint(0, cfg.num_train_timesteps, (), generator=g) for g in gens]),
+            "t": torch.stack([torch.randint(t_low, t_high, (), generator=g) for g in gens]),
             "drop": torch.stack([torch.rand((), generator=g) < cfg.condition_dropout for g in gens]),
         }
         return {
@@ -222,6 +244,13 @@ class PretrainTrainer(Trainer):
 
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         target = noise if cfg.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x0, noise, t)
+        if cfg.contrast_input == "shared" and cfg.contrast_attribute is not None:
+            shared = (t[1::2] >= round(cfg.contrast_shared_from * cfg.num_train_timesteps)).nonzero().squeeze(1)
+            second = 2 * shared + 1
+            noisy, target = noisy.clone(), target.clone()
+            noisy[second] = noisy[second - 1]
+            alphas = self.noise_scheduler.alphas_cumprod.to(device)[t[second]]
+            target[second] = counterfactual_velocity(noisy[second], x0[second], alphas)
         pred = self.model(noisy, t, encoder_hidden_states=embeds, encoder_attention_mask=mask).sample
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         weights = self.snr_weights(t)
@@ -332,6 +361,19 @@ def pair_contrast(pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) 
     return (delta - wanted).square().sum() / wanted.square().sum().clamp_min(1e-12)
 
 
+def counterfactual_velocity(noisy: torch.Tensor, x0: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The v-prediction target that leads from ``noisy`` to ``x0``, whatever clip ``noisy`` was noised from.
+
+    With ``x_t = α·x0 + σ·ε`` and ``v = α·ε − σ·x0`` (``α² + σ² = 1``), ``v = (α·x_t − x0) / σ``; for the clip that
+    made ``x_t`` this is the ordinary target, for another clip it is the velocity whose implied clean estimate
+    ``α·x_t − σ·v`` is that clip.
+    """
+    shape = (-1,) + (1,) * (noisy.dim() - 1)
+    alpha = alphas_cumprod.sqrt().view(shape).to(noisy.dtype)
+    sigma = (1 - alphas_cumprod).sqrt().view(shape).to(noisy.dtype)
+    return (alpha * noisy - x0) / sigma
+
+
 def load_unet_weights(unet: torch.nn.Module, source: Path | str) -> None:
     """Load the UNet weights of a pipeline folder (or embedded model name) into ``unet``, in its dtype.
 
@@ -374,9 +416,16 @@ def model_card(
     weighting = f"min-SNR gamma={cfg.snr_gamma}" if cfg.snr_gamma else "plain MSE"
     continued = f"- Continued from the UNet of `{cfg.init}` (fresh optimizer and EMA)\n" if cfg.init else ""
     if cfg.contrast_attribute:
+        low, high = cfg.contrast_t_range
+        shared = cfg.contrast_input == "shared"
+        inputs = (
+            f"one noisy input per pair at t/T >= {cfg.contrast_shared_from:g} (counterfactual targets)"
+            if shared
+            else "own inputs"
+        )
         continued += (
-            f"- Trained on pairs that differ only in {cfg.contrast_attribute}, pair-contrast weight "
-            f"{cfg.contrast_weight:g}\n"
+            f"- Trained on pairs that differ only in {cfg.contrast_attribute}, {inputs}, t/T in [{low:g}, {high:g}), "
+            f"pair-contrast weight {cfg.contrast_weight:g}\n"
         )
     pooled = ", plus an attention-pooled prompt embedding added to the timestep embedding" if cfg.pooled_text else ""
     return f"""# Embedded base model `{cfg.world}`

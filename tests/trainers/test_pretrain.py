@@ -2,9 +2,10 @@ import json
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
-from studio.trainers.pretrain import PretrainConfig, PretrainTrainer, pair_contrast
+from studio.trainers.pretrain import PretrainConfig, PretrainTrainer, counterfactual_velocity, pair_contrast
 
 
 def tiny_config(out, **overrides) -> PretrainConfig:
@@ -125,6 +126,40 @@ def test_the_contrast_term_teaches_the_pair_difference(tmp_path):
     assert curves[0.0][-1] > 2 * curves[10.0][-1]
 
 
+def test_counterfactual_velocity_is_the_velocity_towards_any_clip():
+    scheduler = DDPMScheduler(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2")
+    torch.manual_seed(0)
+    x0, other, noise = torch.randn(3, 4, 1, 6, 5).unbind(0)
+    t = torch.tensor([10, 300, 650, 990])
+    noisy = scheduler.add_noise(x0, noise, t)
+    alphas = scheduler.alphas_cumprod[t]
+    # for the clip that was noised it is diffusers' own target
+    torch.testing.assert_close(counterfactual_velocity(noisy, x0, alphas), scheduler.get_velocity(x0, noise, t))
+    # for another clip, the clean estimate it implies (alpha x_t - sigma v) is that clip
+    v = counterfactual_velocity(noisy, other, alphas)
+    alpha, sigma = alphas.sqrt().view(-1, 1, 1, 1), (1 - alphas).sqrt().view(-1, 1, 1, 1)
+    torch.testing.assert_close(alpha * noisy - sigma * v, other, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("contrast_input", "t_range", "alike"),
+    [("own", (0.3, 0.6), False), ("shared", (0.3, 0.6), True), ("shared", (0.0, 0.3), False)],
+)
+def test_shared_contrast_input_feeds_both_captions_one_noisy_clip(tmp_path, contrast_input, t_range, alike):
+    """Above ``contrast_shared_from`` (0.3) a shared pair's members get one input; below, their own."""
+    config = contrast_config(tmp_path, 0.1, contrast_input=contrast_input, contrast_t_range=t_range)
+    trainer = PretrainTrainer(config)
+    trainer.setup()
+    batch = trainer.load_batch(0, [0, 1, 2, 3])
+    low, high = (round(1000 * edge) for edge in t_range)
+    assert ((batch["t"] >= low) & (batch["t"] < high)).all()
+    inputs = []
+    trainer.model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    trainer.train_step(batch)
+    for pair in range(2):
+        assert torch.equal(inputs[0][2 * pair], inputs[0][2 * pair + 1]) == alike
+
+
 def test_init_continues_from_a_pipelines_unet_and_refuses_another_architecture(tmp_path):
     first = PretrainTrainer(tiny_config(tmp_path / "a"))
     first.fit()
@@ -180,6 +215,10 @@ def test_training_reduces_the_loss_and_only_trains_the_unet(tmp_path):
         ({"contrast_attribute": "mode"}, "'mode' is not a shapes attribute"),
         ({"contrast_attribute": "colour", "batch_size": 3}, "even batch_size"),
         ({"contrast_attribute": "colour"}, "set prediction_type=v_prediction"),
+        ({"contrast_input": "shared"}, "contrast_input=shared needs pairs"),
+        ({"contrast_input": "both"}, "contrast_input must be"),
+        ({"contrast_shared_from": 0.0}, "contrast_shared_from must be"),
+        ({"contrast_attribute": "colour", "contrast_t_range": (0.5, 0.5)}, "contrast_t_range must be"),
     ],
 )
 def test_bad_configs_are_refused(tmp_path, override, message):
