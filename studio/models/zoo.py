@@ -65,7 +65,11 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         "mixstudio train pretrain-shapes-gpu && "
         "mixstudio train pretrain-shapes-gpu-continue --set export=assets/models/shapes",
     ),
-    "synth": EmbeddedModel("audio", "synth", "mixstudio train pretrain-synth-gpu --set export=assets/models/synth"),
+    "synth": EmbeddedModel(
+        "audio",
+        "synth",
+        "mixstudio train pretrain-synth-gpu && mixstudio train pretrain-synth-mode --set export=assets/models/synth",
+    ),
     "shapes-quality": EmbeddedModel(
         "image",
         "shapes",

@@ -143,19 +143,22 @@ def pretrain_synth_gpu() -> PretrainConfig:
 
 
 def pretrain_synth_mode() -> PretrainConfig:
-    """Continued pretraining of the shipped ``synth`` on mode pairs with the pair-contrast term (45 CPU minutes).
+    """The shipped ``synth`` base, stage 2 of 2: 45 CPU minutes on mode pairs with counterfactual targets.
 
-    Each batch holds 8 tunes, each played in major and in minor with one noise draw (see
-    :func:`studio.trainers.pretrain.pair_contrast`); ``--set contrast_weight=0`` is the control with the same pairs.
-    Measured: the term lowers the pair-difference error (0.61 against 1.03) but sampled mode stays at chance
-    (0.533 against 0.500 at w = 2), so it is not part of the shipped ``synth`` (docs/BASE_MODELS.md).
+    Continues stage 1 (``pretrain-synth-gpu``). Each batch holds 8 tunes, each played in major and in minor with
+    one noise draw; above t/T = 0.3 both captions see the first tune's noisy input and each is trained towards
+    its own clip (``contrast_input=shared``), so only the caption can tell the model which mode to render; the
+    pair-contrast term (weight 0.1) weighs that difference. Measured (docs/BASE_MODELS.md): held-out mode 0.483
+    -> 0.800 at w = 4, with lead 0.967 and tempo 0.850. ``--set contrast_input=own`` is the earlier variant
+    whose pairs keep their own inputs (mode stayed at chance).
     """
     return replace(
         pretrain_synth_gpu(),
         out=Path("runs/pretrain-synth-mode"),
-        init=Path("synth"),
+        init=Path("runs/pretrain-synth-gpu/model"),
         contrast_attribute="mode",
         contrast_weight=0.1,
+        contrast_input="shared",
         batch_size=16,
         lr=1e-4,
         lr_warmup_steps=20,
