@@ -32,7 +32,7 @@ from studio.pipelines import load_pipeline
 from studio.worlds import get_world, sample_seed
 
 PROFILE_ATTRIBUTES = ("mode", "key", "lead", "bass")
-#: A world stream apart from training (``data_seed`` 0) and the judges' streams.
+#: A world stream apart from the training streams (the recipes' ``data_seed``) and the judges'.
 WORLD_SEED = 31337
 
 
