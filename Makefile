@@ -27,9 +27,9 @@ install: $(STAMP)
 # guidance sweep over the held-out prompts scored by the eval judges (tables, sweep.png).
 demo: install
 	$(VENV)/bin/mixstudio generate image "a red circle in the centre" -n 4 --steps 25 --guidance 2 --seed 0 --out out/demo/image
-	$(VENV)/bin/mixstudio generate music "a fast minor tune with drums" -n 2 --steps 25 --guidance 2 --seed 0 --out out/demo/music
+	$(VENV)/bin/mixstudio generate music "a fast minor tune with drums" -n 2 --steps 25 --guidance 4 --seed 0 --out out/demo/music
 	$(VENV)/bin/mixstudio sweep image --model shapes --guidance 1 2 -n 2 --out out/demo/shapes-sweep
-	$(VENV)/bin/mixstudio sweep music --model synth --guidance 1 2 -n 2 --out out/demo/synth-sweep
+	$(VENV)/bin/mixstudio sweep music --model synth --guidance 1 4 -n 2 --out out/demo/synth-sweep
 
 test: install
 	$(PY) -m pytest -q

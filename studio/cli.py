@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help="embedded name (shapes, synth), a pipeline folder, or a hub id")
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--steps", type=int, default=25, help="sampler steps")
-    gen.add_argument("--guidance", type=float, default=None, help="CFG scale (1 = none; default 2)")
+    gen.add_argument("--guidance", type=float, default=None, help="CFG scale (1 = none; default 2 images, 4 music)")
     gen.add_argument("--scheduler", default=None, help="sampler: ddim, dpm++, ddpm, euler (default: the saved one)")
     add_guidance_refinements(gen)
     gen.add_argument("--seed", type=int, default=0)
@@ -179,7 +179,6 @@ def write_concept(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder, model_world
-    from studio.guidance import DEFAULT_GUIDANCE
 
     modality = "image" if args.modality == "image" else "audio"
     model = args.model or default_model(modality)
@@ -196,7 +195,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model=model,
         negative_prompt=args.negative_prompt,
         steps=args.steps,
-        guidance=DEFAULT_GUIDANCE if args.guidance is None else args.guidance,
+        guidance=args.guidance,
         guidance_rescale=args.guidance_rescale,
         guidance_interval=tuple(args.guidance_interval),
         seed=args.seed,

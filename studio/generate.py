@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from studio.guidance import DEFAULT_GUIDANCE, Guidance
+from studio.guidance import Guidance, default_guidance
 from studio.io import atomic_dir, check_output_dir, write_png, write_wav
 from studio.manifest import Manifest, ManifestItem, write_manifest
 from studio.models.zoo import EMBEDDED
@@ -32,7 +32,8 @@ class GenerateRequest:
         n: samples per prompt.
         model: embedded name, folder or hub id.
         negative_prompt: the unconditional branch's prompt.
-        steps, guidance, seed, scheduler: sampling settings (sample ``i`` of prompt ``p`` uses ``seed + 1000p + i``).
+        steps, guidance, seed, scheduler: sampling settings (sample ``i`` of prompt ``p`` uses ``seed + 1000p + i``;
+            guidance None: :func:`studio.guidance.default_guidance` of the modality).
         guidance_rescale, guidance_interval: see :class:`studio.guidance.Guidance` (defaults: off, every step).
         audio_length_in_s: clip length (music).
         out: output folder (written atomically).
@@ -47,7 +48,7 @@ class GenerateRequest:
     model: str = ""
     negative_prompt: str | None = None
     steps: int = 25
-    guidance: float = DEFAULT_GUIDANCE
+    guidance: float | None = None
     guidance_rescale: float = 0.0
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
@@ -65,6 +66,8 @@ class GenerateRequest:
             raise ValueError(f"-n gives {self.n * len(self.prompts)} samples; allowed 1 to {MAX_SAMPLES}")
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"--steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if self.guidance is None:
+            self.guidance = default_guidance(self.modality)
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise ValueError(f"--guidance must be a finite number >= 0 (1 = no guidance), got {self.guidance}")
         try:

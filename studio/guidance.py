@@ -22,9 +22,16 @@ from dataclasses import dataclass
 
 import torch
 
-#: The scale the CLI, the app and the pipelines use when none is given. The shipped base models are best at
-#: 1.5-2 (eval-judge adherence, Fréchet distance; docs/BASE_MODELS.md) and oversaturate above it.
+#: The scale the CLI, the app and the image pipeline use when none is given. The shipped ``shapes`` is best at
+#: 1.5-2 (eval-judge adherence, Fréchet distance; docs/BASE_MODELS.md) and oversaturates above it.
 DEFAULT_GUIDANCE = 2.0
+#: The same for music: the shipped ``synth`` meets its tempo, mode and lead targets at 4 (mode 0.667 at 2).
+DEFAULT_MUSIC_GUIDANCE = 4.0
+
+
+def default_guidance(modality: str) -> float:
+    """The guidance scale to use for ``modality`` (``image``, or ``audio``/``music``) when none is given."""
+    return DEFAULT_MUSIC_GUIDANCE if modality in ("audio", "music") else DEFAULT_GUIDANCE
 
 
 def check_guidance_scale(guidance_scale: float) -> float:

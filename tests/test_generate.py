@@ -122,3 +122,11 @@ def test_generate_refuses_a_file_as_output(tmp_path, capsys, tiny_model_dir):
         == 2
     )
     assert "is a file" in capsys.readouterr().err and target.read_text() == "keep"
+
+
+@pytest.mark.parametrize(("modality", "expected"), [("image", 2.0), ("audio", 4.0)])
+def test_the_default_guidance_is_the_modalitys_own_and_an_explicit_one_is_kept(tmp_path, modality, expected):
+    from studio.generate import GenerateRequest
+
+    assert GenerateRequest(modality=modality, prompts=["a tune"], out=tmp_path / "a").guidance == expected
+    assert GenerateRequest(modality=modality, prompts=["a tune"], guidance=1.5, out=tmp_path / "b").guidance == 1.5

@@ -49,7 +49,7 @@ from studio.app.training import TrainingJob, TrainingStatus, train_argv
 from studio.app.uploads import MAX_UPLOAD_BYTES, import_pipeline_zip
 from studio.config import apply_overrides
 from studio.generate import GenerateRequest, write_generated
-from studio.guidance import DEFAULT_GUIDANCE
+from studio.guidance import DEFAULT_GUIDANCE, DEFAULT_MUSIC_GUIDANCE
 from studio.io import atomic_dir, atomic_write_text
 from studio.merging import LiveMerge, adapted_pipeline, applied_adapters
 from studio.models.zoo import slider_pairs
@@ -227,7 +227,7 @@ class Studio:
         *,
         negative_prompt: str | None = None,
         steps: int = 25,
-        guidance: float = DEFAULT_GUIDANCE,
+        guidance: float = DEFAULT_MUSIC_GUIDANCE,
         seed: int = 0,
         count: int = 1,
         length_s: float | None = None,

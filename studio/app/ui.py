@@ -25,7 +25,7 @@ from studio.app.inputs import (
 )
 from studio.app.service import Studio
 from studio.app.uploads import MAX_UPLOAD_BYTES
-from studio.guidance import DEFAULT_GUIDANCE
+from studio.guidance import default_guidance
 from studio.models.zoo import EMBEDDED
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _model_picker(h: Handlers, modality: str | None, label: str = "model", elem_
 def _sampling_controls(prefix: str, steps: int = 25) -> tuple:
     with gr.Row():
         steps_box = gr.Slider(1, MAX_APP_STEPS, value=steps, step=1, label="steps", elem_id=f"{prefix}-steps")
-        guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="guidance (1 = none)")
+        guidance = gr.Slider(0, MAX_GUIDANCE, value=default_guidance(prefix), step=0.5, label="guidance (1 = none)")
         seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id=f"{prefix}-seed")
     return steps_box, guidance, seed
 

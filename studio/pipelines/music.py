@@ -10,7 +10,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.utils import BaseOutput
 
-from studio.guidance import DEFAULT_GUIDANCE, Guidance
+from studio.guidance import DEFAULT_MUSIC_GUIDANCE, Guidance
 from studio.models.audio import MelCodec
 from studio.pipelines.base import StepCallback, StudioDiffusionPipeline
 
@@ -109,7 +109,7 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         audio_length_in_s: float | None = None,
         num_inference_steps: int = 25,
-        guidance_scale: float = DEFAULT_GUIDANCE,
+        guidance_scale: float = DEFAULT_MUSIC_GUIDANCE,
         guidance_rescale: float = 0.0,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         num_waveforms_per_prompt: int = 1,
