@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=7860)
     serve.add_argument("--workdir", type=Path, default=Path("studio-app"), help="where the app writes every file")
     serve.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    serve.add_argument(
+        "--model", action="append", default=[], type=Path, metavar="PATH", help="also offer this pipeline folder"
+    )
     return parser
 
 
@@ -338,7 +341,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from studio.app import serve
 
-    serve(workdir=args.workdir, host=args.host, port=args.port, share=args.share)
+    serve(workdir=args.workdir, host=args.host, port=args.port, share=args.share, models=args.model)
     return 0
 
 

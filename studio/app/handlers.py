@@ -65,6 +65,11 @@ def number(name: str, value: Any) -> float:
     return float(value)
 
 
+def _reporter(progress: gr.Progress) -> Callable[[float, str], None]:
+    """The service's ``progress(fraction, description)`` callback reporting to a Gradio tracker."""
+    return lambda fraction, desc: progress(fraction, desc=desc)
+
+
 class Handlers:
     """The app's event handlers, bound to one :class:`Studio` (tests call them directly)."""
 
@@ -109,11 +114,11 @@ class Handlers:
         return pd.DataFrame(rows, columns=["name", "modality", "kind", "source"])
 
     @boundary
-    def import_model(self, upload: str | None, name: str) -> str:
+    def import_model(self, upload: str | None, name: str, progress=PROGRESS) -> str:
         """Import an uploaded pipeline zip as ``runs/<name>``."""
         if not upload:
             raise ValueError("no file uploaded; choose a .zip of a pipeline folder")
-        info = self.studio.import_model(upload, (name or "").strip())
+        info = self.studio.import_model(upload, (name or "").strip(), progress=_reporter(progress))
         return f"Imported `{info.name}` ({info.modality})."
 
     # ---- image and music -------------------------------------------------------------------------
@@ -136,7 +141,7 @@ class Handlers:
             adapter_scale=number("adapter strength", strength),
             guidance_rescale=number("guidance rescale", rescale),
             guidance_interval=(0.0, number("guided noise levels", guided_below)),
-            progress=lambda f, desc: progress(f, desc=desc),
+            progress=_reporter(progress),
         )
         seed0 = whole("seed", seed)
         gallery = [(str(path), f"seed {seed0 + k}") for k, path in enumerate(result.files)]
@@ -162,7 +167,7 @@ class Handlers:
             adapter_scale=number("adapter strength", strength),
             guidance_rescale=number("guidance rescale", rescale),
             guidance_interval=(0.0, number("guided noise levels", guided_below)),
-            progress=lambda f, desc: progress(f, desc=desc),
+            progress=_reporter(progress),
         )
         n = len(result.files)
         audios = [gr.Audio(value=str(result.files[i]) if i < n else None, visible=i < n) for i in range(MAX_CLIPS)]
@@ -183,7 +188,7 @@ class Handlers:
         return [m or "" for m in models[:n]], [number(f"weight {i + 1}", w) for i, w in enumerate(weights[:n])]
 
     @boundary
-    def merge_preview(self, count, prompt, seed, steps, guidance, normalize, *rows) -> tuple:
+    def merge_preview(self, count, prompt, seed, steps, guidance, normalize, *rows, progress=PROGRESS) -> tuple:
         """Merge tab: preview image (spectrogram for music), audio player and a line naming the weights used."""
         models, weights = self._picked(count, rows)
         preview = self.studio.merge_preview(
@@ -194,14 +199,20 @@ class Handlers:
             steps=whole("steps", steps),
             guidance=number("guidance", guidance),
             normalize=bool(normalize),
+            progress=_reporter(progress),
         )
         return self._preview_outputs(preview)
 
     @boundary
-    def quality_diversity_preview(self, world, diversity, prompt, seed, steps) -> tuple:
+    def quality_diversity_preview(self, world, diversity, prompt, seed, steps, progress=PROGRESS) -> tuple:
         """Merge tab: the quality↔diversity slider's preview (same outputs as :meth:`merge_preview`)."""
         preview = self.studio.quality_diversity_preview(
-            world, number("λ", diversity), prompt=prompt, seed=whole("seed", seed), steps=whole("steps", steps)
+            world,
+            number("λ", diversity),
+            prompt=prompt,
+            seed=whole("seed", seed),
+            steps=whole("steps", steps),
+            progress=_reporter(progress),
         )
         return self._preview_outputs(preview)
 
@@ -213,10 +224,12 @@ class Handlers:
         return preview.image, gr.Audio(value=audio, visible=audio is not None), line
 
     @boundary
-    def save_merge(self, count, normalize, name, *rows) -> str:
+    def save_merge(self, count, normalize, name, *rows, progress=PROGRESS) -> str:
         """Merge tab: save the current merge as ``runs/<name>``."""
         models, weights = self._picked(count, rows)
-        info = self.studio.save_merge(models, weights, (name or "").strip(), normalize=bool(normalize))
+        info = self.studio.save_merge(
+            models, weights, (name or "").strip(), normalize=bool(normalize), progress=_reporter(progress)
+        )
         return f"Saved `{info.name}`; it is now in every model list."
 
     # ---- train -----------------------------------------------------------------------------------
@@ -227,7 +240,7 @@ class Handlers:
         return self.train_poll()
 
     def train_poll(self) -> list:
-        """Train tab: status line, loss plot, latest sample, log tail, and the timer (active while running)."""
+        """Train tab: status line, loss plot, latest sample, log tail, the timer (active while running), model."""
         return self._status_outputs(self.studio.training_status())
 
     def train_cancel(self) -> list:
@@ -235,14 +248,18 @@ class Handlers:
         return self._status_outputs(self.studio.cancel_training())
 
     def _status_outputs(self, status: TrainingStatus) -> list:
+        """Status line, loss plot, latest sample, log tail, timer, and the saved model's name ("" until saved).
+
+        The name changing is what refreshes every model picker (``build_ui`` listens to it).
+        """
         rows = [(r["step"], r["loss"]) for r in status.rows if "step" in r and "loss" in r]
         loss = pd.DataFrame(rows, columns=LOSS_COLUMNS)
         sample = str(status.latest_sample) if status.latest_sample else None
-        summary = status.summary()
+        summary, saved = status.summary(), ""
         if status.model is not None:
-            name = "runs/" + status.model.relative_to(self.studio.runs_dir).as_posix()
-            summary += f" · model saved as `{name}` (refresh the model lists in the Models tab)"
-        return [summary, loss, sample, status.log_tail, gr.Timer(active=status.state == "running")]
+            saved = "runs/" + status.model.relative_to(self.studio.runs_dir).as_posix()
+            summary += f" · model saved as `{saved}`; it is now in every model list"
+        return [summary, loss, sample, status.log_tail, gr.Timer(active=status.state == "running"), saved]
 
     # ---- evaluate --------------------------------------------------------------------------------
     @boundary

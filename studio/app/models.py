@@ -1,5 +1,5 @@
-"""The models the app offers (embedded ones that are present, pipeline folders under its ``runs/``) and the
-adapter files found there.
+"""The models the app offers (embedded ones that are present, local pipeline folders its operator named with
+``mixstudio serve --model PATH``, pipeline folders under its ``runs/``) and the adapter files found there.
 
 Only listed models and adapters ever load (the browser sends a name, never a path), and loaded pipelines are kept
 in a small least-recently-used cache keyed by source, sampler and save time, so a re-saved folder is
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,12 +29,12 @@ class ModelInfo:
     name: str
     modality: Modality
     source: str
-    kind: Literal["embedded", "run"]
+    kind: Literal["embedded", "local", "run"]
 
     @property
     def index(self) -> Path:
         """The model's ``model_index.json``."""
-        folder = Path(self.source) if self.kind == "run" else model_dir(self.source)
+        folder = model_dir(self.source) if self.kind == "embedded" else Path(self.source)
         return folder / "model_index.json"
 
 
@@ -55,12 +56,17 @@ class ModelCatalog:
         runs_dir: folder scanned for pipeline folders (``runs/*/`` and ``runs/*/*/`` with a ``model_index.json``).
         device: where loaded pipelines live.
         cache_size: loaded pipelines kept (least recently used evicted first).
+        local: pipeline folders outside ``runs_dir`` to offer too, each listed under its path as given.
+
+    Raises:
+        ValueError: for a cache size below 1, or a local folder that is not a studio pipeline folder.
     """
 
-    def __init__(self, runs_dir: Path, device: torch.device, cache_size: int = 3):
+    def __init__(self, runs_dir: Path, device: torch.device, cache_size: int = 3, local: Sequence[Path] = ()):
         if cache_size < 1:
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
         self.runs_dir, self.device, self.cache_size = Path(runs_dir), device, cache_size
+        self.local = [_local_model(Path(folder)) for folder in local]
         self._cache: OrderedDict[tuple, StudioDiffusionPipeline] = OrderedDict()
         self._lock = threading.RLock()
 
@@ -73,6 +79,7 @@ class ModelCatalog:
             except ValueError:
                 continue
             found.append(ModelInfo(name=name, modality=embedded.modality, source=name, kind="embedded"))
+        found += self.local
         if self.runs_dir.is_dir():
             indexes = [*self.runs_dir.glob("*/model_index.json"), *self.runs_dir.glob("*/*/model_index.json")]
             for index in sorted(indexes):
@@ -181,6 +188,17 @@ def _model_named(models: list[ModelInfo], base_model_id: str | None) -> ModelInf
     for model in models:
         if base_model_id in (model.name, model.source):
             return model
-        if model.kind == "run" and Path(base_model_id).absolute() == Path(model.source).absolute():
+        if model.kind != "embedded" and Path(base_model_id).absolute() == Path(model.source).absolute():
             return model
     return None
+
+
+def _local_model(folder: Path) -> ModelInfo:
+    """A local pipeline folder as a listed model (its name: the path as given).
+
+    Raises:
+        ValueError: for a missing folder or one without a studio pipeline's ``model_index.json``.
+    """
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"model folder {str(folder)!r} has no model_index.json; pass a saved pipeline folder")
+    return ModelInfo(name=str(folder), modality=pipeline_modality(folder), source=str(folder.absolute()), kind="local")

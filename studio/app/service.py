@@ -23,7 +23,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +138,8 @@ class Studio:
         workdir: the app's working folder (created on demand).
         device: torch device for generation (``cpu`` by default; ``cuda`` only if available).
         cache_size: loaded pipelines kept (least recently used evicted first).
+        models: local pipeline folders to offer besides the embedded models and ``runs/`` (the operator's
+            choice, e.g. ``mixstudio serve --model PATH``; the browser still picks by name only).
         max_upload_bytes: size limit of an imported model archive.
         train_command: builds a training run's argv from ``(recipe, overrides, out)`` (tests inject a fast fake).
     """
@@ -148,6 +150,7 @@ class Studio:
         *,
         device: str = "cpu",
         cache_size: int = 3,
+        models: Sequence[str | Path] = (),
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
         train_command: Callable[[str, list[str], Path], list[str]] = train_argv,
     ):
@@ -156,7 +159,7 @@ class Studio:
             raise ValueError("device 'cuda' was asked for but no GPU is available; use device='cpu'")
         self.workdir = Path(workdir).absolute()
         self.runs_dir = self.workdir / "runs"
-        self.models = ModelCatalog(self.runs_dir, self.device, cache_size)
+        self.models = ModelCatalog(self.runs_dir, self.device, cache_size, [Path(m) for m in models])
         self.max_upload_bytes, self.train_command = max_upload_bytes, train_command
         self._lock = threading.RLock()  # pipelines are not thread-safe (the scheduler holds state)
         self._live: LiveMerge | None = None
@@ -165,7 +168,7 @@ class Studio:
 
     # ---- models --------------------------------------------------------------------------------
     def list_models(self, modality: Modality | None = None) -> list[ModelInfo]:
-        """Embedded models that are present, then pipeline folders under ``runs/`` (with a ``model_index.json``)."""
+        """Embedded models that are present, the local folders given, then pipeline folders under ``runs/``."""
         return self.models.list(modality)
 
     def list_adapters(self, model: str | None = None) -> list[AdapterInfo]:
@@ -310,6 +313,7 @@ class Studio:
         steps: int = 25,
         guidance: float = DEFAULT_GUIDANCE,
         normalize: bool = True,
+        progress: Progress | None = None,
     ) -> MergePreview:
         """Merge the UNets of ``models`` with ``weights`` in memory and sample one fixed-seed preview.
 
@@ -318,10 +322,12 @@ class Studio:
         ``studio.merging``: additive adapters sum exactly, orthogonal ones stay rotations).
 
         Args:
-            models: two to ``MAX_MERGE`` listed models of one architecture, or listed adapters of one model.
+            models: two to ``MAX_MERGE`` listed models of one architecture, or listed adapters of one model (of one
+                method, or of several: each applies in turn at its strength).
             weights: one per model; with ``normalize`` they are divided by their sum (the preview reports the
                 weights used), else used as given (an affine combination, see ``studio.merging``).
             prompt, seed, steps, guidance: the preview's sampling settings.
+            progress: called with ``(fraction, description)`` while merging and at every sampler step.
 
         Raises:
             ValueError: for fewer than two or repeated models, bad weights, mismatched architectures, models
@@ -330,6 +336,9 @@ class Studio:
         check_prompt(prompt)
         check_sampling(steps, guidance, seed)
         kwargs = _sampling_kwargs(steps, guidance, None, None)
+        kwargs["callback_on_step_end"] = _ticker(progress, steps, f"sampling the preview ({steps} steps)")
+        if progress is not None:
+            progress(0.0, "loading and merging")
         with self._lock:
             adapters = self._merged_adapters(models, weights, normalize)
             if adapters is not None:
@@ -354,7 +363,14 @@ class Studio:
         return {world: pair for world, pair in slider_pairs().items() if set(pair) <= shipped}
 
     def quality_diversity_preview(
-        self, world: str, diversity: float, *, prompt: str, seed: int = 0, steps: int = 25
+        self,
+        world: str,
+        diversity: float,
+        *,
+        prompt: str,
+        seed: int = 0,
+        steps: int = 25,
+        progress: Progress | None = None,
     ) -> MergePreview:
         """Sample ``(1 − λ)·quality + λ·diversity`` of ``world``'s CFG-distilled students, unguided.
 
@@ -376,21 +392,35 @@ class Studio:
             steps=steps,
             guidance=1.0,
             normalize=False,
+            progress=progress,
         )
 
-    def save_merge(self, models: list[str], weights: list[float], name: str, *, normalize: bool = True) -> ModelInfo:
+    def save_merge(
+        self,
+        models: list[str],
+        weights: list[float],
+        name: str,
+        *,
+        normalize: bool = True,
+        progress: Progress | None = None,
+    ) -> ModelInfo:
         """Save the merge of ``models`` with ``weights`` as the pipeline ``runs/<name>`` (atomically).
+
+        ``progress`` is called with ``(fraction, description)`` as it merges and as it writes.
 
         Raises:
             ValueError: for a bad or taken name, and everything :meth:`merge_preview` refuses.
         """
         out = self._new_run_folder(name)
+        report = progress or (lambda fraction, desc: None)
         with self._lock:
+            report(0.0, "loading and merging")
             adapters = self._merged_adapters(models, weights, normalize)
             if adapters is not None:
                 base, pairs = adapters
                 pipe = adapted_pipeline(self.models.pipeline(base), pairs)
                 used = [w for _, w in pairs]
+                report(0.5, f"writing runs/{name}")
                 record = {"base": base, "adapters": list(models), "strengths": used, "rule": "adapters baked in"}
                 with atomic_dir(out) as tmp:
                     pipe.save_pretrained(tmp)
@@ -398,6 +428,7 @@ class Studio:
             else:
                 live, used = self._live_merge(models, weights, normalize)
                 live.set_weights(used)
+                report(0.5, f"writing runs/{name}")
                 live.save(out)
         logger.info("saved merge of %s with weights %s to %s", models, used, out)
         return self.resolve(f"runs/{name}")
@@ -532,13 +563,15 @@ class Studio:
         return Evaluation(report=dataclasses.replace(report, model=info.name), folder=out)
 
     # ---- uploads -------------------------------------------------------------------------------
-    def import_model(self, archive: str | Path, name: str) -> ModelInfo:
+    def import_model(self, archive: str | Path, name: str, progress: Progress | None = None) -> ModelInfo:
         """Import an uploaded zip of a pipeline folder as ``runs/<name>`` (see :func:`import_pipeline_zip`).
+
+        ``progress`` is called with ``(fraction, description)`` before unpacking and before the load check.
 
         Raises:
             ValueError: for a bad or taken name, and everything :func:`import_pipeline_zip` refuses.
         """
-        import_pipeline_zip(archive, self._new_run_folder(name), self.max_upload_bytes)
+        import_pipeline_zip(archive, self._new_run_folder(name), self.max_upload_bytes, progress)
         return self.resolve(f"runs/{name}")
 
     # ---- folders -------------------------------------------------------------------------------

@@ -7,13 +7,15 @@ cancelling and list refreshes bypass that slot so they answer while a job runs.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import gradio as gr
 
-from studio.app.handlers import LOSS_COLUMNS, Handlers
+from studio.app.handlers import LOSS_COLUMNS, PROGRESS, Handlers
 from studio.app.inputs import (
     MAX_ADAPTER_SCALE,
     MAX_APP_STEPS,
@@ -61,7 +63,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             with gr.Tab("Merge", id="merge"):
                 merge_models, saved = _merge_tab(h)
             with gr.Tab("Train", id="train"):
-                _train_tab(h, studio)
+                trained = _train_tab(h, studio)
             with gr.Tab("Evaluate", id="evaluate"):
                 eval_model = _evaluate_tab(h)
             with gr.Tab("Models", id="models"):
@@ -83,6 +85,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         demo.load(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)
         for event in (saved, imported):  # a new model appears in every picker
             event.success(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)
+        trained.change(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)  # so does a finished run's
     demo.queue(default_concurrency_limit=1, max_size=16)
     return demo
 
@@ -188,8 +191,9 @@ def _music_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown]:
 def _merge_tab(h: Handlers) -> tuple[list[gr.Dropdown], gr.events.Dependency]:
     gr.Markdown(
         "Weight-space merge of 2 to 4 models of one architecture: the UNet becomes Σ wᵢ·UNetᵢ. "
-        "Or pick 2 to 4 adapters of one model: each is applied at its weight as strength (additive adapters "
-        "sum exactly; orthogonal ones compose and stay rotations, also for weights below 0 or above 1). "
+        "Or pick 2 to 4 adapters of one model (one method or several): each applies at its weight as strength "
+        "(additive adapters sum exactly; orthogonal ones compose and stay rotations, also for weights below 0 or "
+        "above 1). "
         "Releasing a slider re-merges in memory and samples the fixed prompt and seed."
     )
     choices = h.choices("merge")
@@ -230,9 +234,10 @@ def _merge_tab(h: Handlers) -> tuple[list[gr.Dropdown], gr.events.Dependency]:
             saved = gr.Markdown()
     count.change(h.merge_rows, count, rows, **LIGHT)
     inputs = [count, prompt, seed, steps, guidance, normalize, *models, *weights]
+    preview = _tracked(h.merge_preview, len(inputs))
     for slider in weights:
-        slider.release(h.merge_preview, inputs, [image, audio, mix], **HEAVY)
-    preview_button.click(h.merge_preview, inputs, [image, audio, mix], **HEAVY)
+        slider.release(preview, inputs, [image, audio, mix], **HEAVY)
+    preview_button.click(preview, inputs, [image, audio, mix], **HEAVY)
     diversity.release(
         h.quality_diversity_preview, [world, diversity, prompt, seed, steps], [image, audio, mix], **HEAVY
     )
@@ -241,11 +246,31 @@ def _merge_tab(h: Handlers) -> tuple[list[gr.Dropdown], gr.events.Dependency]:
         return DEFAULT_MUSIC_PROMPT if EMBEDDED[pairs[name][0]].modality == "audio" else DEFAULT_PROMPT
 
     world.change(world_prompt, world, prompt, **LIGHT)
-    event = save.click(h.save_merge, [count, normalize, name, *models, *weights], saved, **HEAVY)
+    save_inputs = [count, normalize, name, *models, *weights]
+    event = save.click(_tracked(h.save_merge, len(save_inputs)), save_inputs, saved, **HEAVY)
     return models, event
 
 
-def _train_tab(h: Handlers, studio: Studio) -> None:
+def _tracked(handler: Callable, inputs: int) -> Callable:
+    """``handler`` (``*values, progress=``) with a fixed signature of ``inputs`` values and then the tracker.
+
+    Gradio hands a progress tracker only to a ``gr.Progress`` default among the positional parameters, and the
+    merge handlers take their model rows as ``*rows``.
+    """
+
+    def call(*args):
+        *values, progress = args
+        return handler(*values, progress=progress)
+
+    positional = inspect.Parameter.POSITIONAL_ONLY
+    params = [inspect.Parameter(f"value_{i}", positional) for i in range(inputs)]
+    call.__signature__ = inspect.Signature([*params, inspect.Parameter("progress", positional, default=PROGRESS)])
+    call.__name__ = handler.__name__
+    return call
+
+
+def _train_tab(h: Handlers, studio: Studio) -> gr.State:
+    """The Train tab; returns the state holding the finished run's model name (it changes once saved)."""
     recipes = studio.recipes()
     with gr.Row():
         with gr.Column():
@@ -271,10 +296,12 @@ def _train_tab(h: Handlers, studio: Studio) -> None:
             loss = gr.LinePlot(x="step", y="loss", title="training loss", value=_empty_loss(), height=260)
             sample = gr.Image(label="latest samples", elem_classes=["pixelated"])
     timer = gr.Timer(2.0, active=False)
-    outputs = [status, loss, sample, log, timer]
+    trained = gr.State("")
+    outputs = [status, loss, sample, log, timer, trained]
     start.click(h.train_start, [recipe, overrides, name], outputs, **LIGHT)
     cancel.click(h.train_cancel, None, outputs, **LIGHT)
     timer.tick(h.train_poll, None, outputs, **LIGHT)
+    return trained
 
 
 def _empty_loss():
@@ -325,6 +352,7 @@ def launch(
     port: int = 7860,
     share: bool = False,
     *,
+    models: Sequence[str | Path] = (),
     block: bool = True,
 ) -> tuple[gr.Blocks, Studio]:
     """Build the service and the UI and serve them.
@@ -334,22 +362,23 @@ def launch(
         host: interface to bind (``127.0.0.1``: this machine only).
         port: TCP port.
         share: also open a public gradio.live tunnel.
+        models: local pipeline folders to offer in the pickers besides the embedded models and ``runs/``.
         block: serve until interrupted (False: return once the server runs, for tests and scripts).
 
     Returns:
         The running Blocks and its service (when ``block`` is False).
 
     Raises:
-        ValueError: for a port out of range or already in use.
+        ValueError: for a port out of range or already in use, or a model folder that is not a pipeline.
     """
     if not 0 < port < 65536:
         raise ValueError(f"--port must be from 1 to 65535, got {port}")
     workdir = Path(workdir).absolute()
+    studio = Studio(workdir, models=models)  # checks the model folders before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
     # Gradio's cache (uploads, served copies of outputs) goes inside the workdir too; components read the
     # variable when they are built, so it is set before build_ui
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / ".gradio")
-    studio = Studio(workdir)
     demo = build_ui(studio)
     try:
         demo.launch(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from studio.io import atomic_dir
@@ -22,13 +23,19 @@ UPLOAD_SUFFIXES = (".json", ".safetensors", ".txt", ".md")
 UPLOAD_LIBRARIES = ("diffusers", "transformers", "studio.models.audio")
 
 
-def import_pipeline_zip(archive: str | Path, out: Path, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
+def import_pipeline_zip(
+    archive: str | Path,
+    out: Path,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    progress: Callable[[float, str], None] | None = None,
+) -> Path:
     """Unpack a zipped pipeline folder into ``out`` (atomically) after checking it.
 
     Args:
         archive: the uploaded ``.zip`` file.
         out: destination folder (must not exist yet; the caller picks a name inside its workdir).
         max_bytes: largest archive accepted; the unpacked size may be at most five times this.
+        progress: called with ``(fraction, description)`` before unpacking and before the load check.
 
     Returns:
         ``out``.
@@ -46,14 +53,17 @@ def import_pipeline_zip(archive: str | Path, out: Path, max_bytes: int = MAX_UPL
         raise ValueError(f"upload is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
     if not zipfile.is_zipfile(archive):
         raise ValueError(f"upload {archive.name!r} is not a zip archive; zip the pipeline folder")
+    report = progress or (lambda fraction, desc: None)
     with zipfile.ZipFile(archive) as zf, atomic_dir(out, name="model name") as tmp:
         root = _checked_root(zf, 5 * max_bytes)
+        report(0.0, "unpacking")
         for member in zf.infolist():
             if not member.is_dir():
                 target = tmp / Path(member.filename).relative_to(root)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(zf.read(member))
         _check_model_index(tmp / "model_index.json")
+        report(0.5, "checking that the pipeline loads")
         load_pipeline(tmp, pipeline_modality(tmp))  # refuse now what would fail to load later
     return out
 

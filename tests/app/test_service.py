@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import studio.app.models as app_models
+from studio.adapters import DEFAULT_TARGETS, LoRAConfig, add_adapter, save_adapter
 from studio.app.inputs import parse_scales
 from studio.app.service import Studio
 from studio.io import read_image, read_wav
@@ -38,6 +39,35 @@ def test_list_models_shows_present_embedded_models_and_run_folders(studio, model
         studio.resolve("/etc")  # paths from the browser never load
     with pytest.raises(ValueError, match="an audio model; pick an image model"):
         studio.resolve("runs/music", "image")
+
+
+def test_local_model_folders_given_at_launch_are_listed_and_load_with_their_adapters(
+    tmp_path, model_store, no_embedded
+):
+    local = tmp_path / "mine" / "shapes-mix"
+    shutil.copytree(model_store / "a", local)
+    service = Studio(tmp_path / "app", models=[local, model_store / "music"])
+    try:
+        listed = {m.name: (m.modality, m.kind) for m in service.list_models()}
+        assert listed == {str(local): ("image", "local"), str(model_store / "music"): ("audio", "local")}
+        direct = load_pipeline(local)(
+            "a red circle",
+            num_inference_steps=2,
+            guidance_scale=1.0,
+            output_type="np",
+            generator=torch.Generator().manual_seed(1),
+        ).images
+        result = service.generate_image(str(local), "a red circle", steps=2, guidance=1.0, seed=1)
+        assert np.abs(read_image(result.files[0]).astype(int) - to_uint8(direct)[0].astype(int)).max() <= 1
+        # an adapter under runs/ trained on the local folder applies to it
+        pipe = load_pipeline(local)
+        add_adapter(pipe.unet, "x", LoRAConfig(rank=2), DEFAULT_TARGETS)
+        save_adapter(pipe.unet, "x", service.runs_dir / "ft" / "adapter.safetensors", base_model_id=str(local))
+        assert [(a.name, a.base) for a in service.list_adapters()] == [("runs/ft/adapter.safetensors", str(local))]
+    finally:
+        service.close()
+    with pytest.raises(ValueError, match=r"model folder '.*nothing' has no model_index.json; pass a saved pipeline"):
+        Studio(tmp_path / "app2", models=[tmp_path / "nothing"])
 
 
 def test_generate_image_writes_the_model_size_reproducibly_with_a_manifest(studio):

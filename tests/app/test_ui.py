@@ -12,6 +12,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import pytest
+from gradio.helpers import special_args
 
 from studio.app.handlers import Handlers, whole
 from studio.app.inputs import MAX_CLIPS, MAX_MERGE
@@ -54,6 +55,22 @@ def test_build_ui_has_the_tabs_and_a_bounded_queue_and_loads_nothing(studio):
     assert outputs[-1]["name"].tolist() == [m.name for m in studio.list_models()]  # the models table
     heavy = [d for d in demo.fns.values() if d.concurrency_id == "compute"]
     assert len(heavy) >= 6 and all(d.concurrency_limit == 1 for d in heavy)
+
+
+def test_long_events_get_a_progress_tracker_and_a_finished_run_refreshes_the_pickers(studio):
+    demo = build_ui(studio)
+    tracked = ["generate_image", "generate_music", "merge_preview", "quality_diversity_preview", "save_merge"]
+    for name in [*tracked, "import_model", "evaluate"]:
+        events = [d for d in demo.fns.values() if d.fn.__name__ == name]
+        assert events, name
+        for event in events:  # Gradio inserts its tracker where it finds a gr.Progress default: after the inputs
+            _, progress_index, *_ = special_args(event.fn, inputs=[None] * len(event.inputs))
+            assert progress_index == len(event.inputs), name
+    poll = next(d for d in demo.fns.values() if d.fn.__name__ == "train_poll")
+    trained = poll.outputs[-1]
+    assert isinstance(trained, gr.State)
+    refreshes = [d for d in demo.fns.values() if d.fn.__name__ == "refresh_all"]
+    assert any((trained._id, "change") in [tuple(t) for t in d.targets] for d in refreshes)
 
 
 @pytest.mark.parametrize(
@@ -139,14 +156,16 @@ def test_merge_handlers_preview_changes_with_the_weight_and_save(handlers, studi
 
 
 def test_train_handlers_start_poll_and_stop_the_timer(handlers):
-    summary, loss, sample, log, timer = handlers.train_poll()
+    summary, loss, sample, log, timer, saved = handlers.train_poll()
     assert summary == "No training run yet." and loss.empty and sample is None and timer.active is False
-    assert handlers.train_start("pretrain-shapes", "max_steps=3", "ui-run")[-1].active in (True, False)
+    assert saved == ""
+    assert handlers.train_start("pretrain-shapes", "max_steps=3", "ui-run")[4].active in (True, False)
     deadline = time.monotonic() + 30
-    while (outputs := handlers.train_poll())[-1].active and time.monotonic() < deadline:
+    while (outputs := handlers.train_poll())[4].active and time.monotonic() < deadline:
         time.sleep(0.1)
-    summary, loss, sample, log, timer = outputs
+    summary, loss, sample, log, timer, saved = outputs
     assert timer.active is False and "**finished**" in summary and "`runs/ui-run/model`" in summary
+    assert saved == "runs/ui-run/model" and saved in [value for _, value in handlers.choices("image")]
     assert isinstance(loss, pd.DataFrame) and list(loss["step"]) == [1.0, 2.0, 3.0]
     assert sample.endswith("step-00000002.png") and "step 3/3" in log
     with pytest.raises(gr.Error, match="the app chooses where runs are written"):
@@ -194,9 +213,16 @@ def test_whole_numbers_from_components():
             whole("steps", bad)
 
 
-def test_serve_defaults_to_localhost_without_a_share_link_and_refuses_a_bad_port(capsys):
+def test_serve_defaults_to_localhost_without_a_share_link_and_refuses_bad_ports_and_models(capsys, tmp_path):
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.share, str(args.workdir)) == ("127.0.0.1", 7860, False, "studio-app")
     assert main(["serve", "--port", "70000"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --port must be from 1 to 65535") and err.count("\n") == 1
+    args = build_parser().parse_args(["serve", "--model", "runs/x", "--model", "/data/y"])
+    assert args.model == [Path("runs/x"), Path("/data/y")]
+    workdir = tmp_path / "app"
+    assert main(["serve", "--workdir", str(workdir), "--model", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model folder") and "model_index.json" in err and err.count("\n") == 1
+    assert not workdir.exists()  # refused before anything was written
