@@ -1,4 +1,5 @@
-"""End to end in a real browser: generate, move a merge slider, see an error toast, and generate again.
+"""End to end in a real browser: generate, move a merge slider, see an error toast, and generate again; a
+finished training run shows up in the model pickers without a reload.
 
 Runs in the default suite; skips (saying why) without the Debian ``chromium`` package or the ``playwright``
 Python package. The server runs in this process on a free port with tiny random models in its workdir.
@@ -42,7 +43,7 @@ def server(tmp_path_factory, model_store):
         port = free_port()
         demo, studio = launch(workdir, port=port, block=False)
         try:
-            yield f"http://127.0.0.1:{port}/", workdir
+            yield f"http://127.0.0.1:{port}/", workdir, studio
         finally:
             demo.close()
             studio.close()
@@ -79,7 +80,7 @@ def generate_and_wait(page, previous: str = "") -> str:
 
 def test_generate_merge_error_and_recover_in_a_browser(server, page):
     start = time.monotonic()
-    _, workdir = server
+    _, workdir, _ = server
     # 1. type a prompt, generate, see the images
     page.fill("#image-prompt textarea", "a green square")
     set_slider_number(page, "image-steps", 2)
@@ -118,3 +119,17 @@ def test_generate_merge_error_and_recover_in_a_browser(server, page):
     second = generate_and_wait(page, previous=first)
     assert second != first and len(list((workdir / "outputs" / "image").glob("*/0000.png"))) == 2
     assert time.monotonic() - start < 60
+
+
+def test_a_finished_training_run_appears_in_the_pickers_without_a_reload(server, page, fake_trainer):
+    _, workdir, studio = server
+    studio.train_command = fake_trainer(steps=3, delay=0.05)  # a stand-in trainer that exports model "a"
+    page.get_by_role("tab", name="Train").click()
+    page.fill("#train-name textarea, #train-name input", "browser-run")
+    page.click("#train-start")
+    page.locator("#train-status", has_text="finished").wait_for()
+    assert (workdir / "runs" / "browser-run" / "model" / "model_index.json").is_file()
+    page.get_by_role("tab", name="Image").click()
+    page.locator("#image-model input").click()
+    page.get_by_role("option").filter(has_text="runs/browser-run/model").first.wait_for()
+    page.keyboard.press("Escape")
