@@ -93,14 +93,14 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "synth-quality": EmbeddedModel(
         "audio",
         "synth",
-        "mixstudio train cfg-distill-synth --set guidance_scale=2 --set max_minutes=45 "
+        "mixstudio train cfg-distill-synth --set guidance_scale=4 --set max_steps=1200 --set max_minutes=60 "
         "--set export=assets/models/synth-quality",
         "quality",
     ),
     "synth-diversity": EmbeddedModel(
         "audio",
         "synth",
-        "mixstudio train cfg-distill-synth --set guidance_scale=2 --set diversity_weight=0.5 --set max_minutes=33 "
+        "mixstudio train cfg-distill-synth --set guidance_scale=4 --set diversity_weight=0.5 --set max_minutes=45 "
         "--set export=assets/models/synth-diversity",
         "diversity",
     ),
