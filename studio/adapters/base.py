@@ -141,8 +141,7 @@ class AdditiveAdapter(Adapter):
 #: Layers at least this wide (outputs) keep the Givens tree on the activations: the weight path's extra GEMM
 #: (``d_out·d_in`` per row) then costs more than the tree (about ``2·d_in`` per row). ``bench_adapters.py``, two
 #: threads, GOFT ÷ LoRA: at 1024 tokens × 1280 features 1.14× on the activations against 1.86× on the weight;
-#: at 4096 tokens × 640 features 1.33× against 1.24×, so narrower layers stay on the weight. BOFT's butterflies
-#: copy the whole row per factor and stay on the weight (2.3× LoRA on the activations at 4096 × 640).
+#: at 4096 tokens × 640 features 1.33× against 1.24×, so narrower layers stay on the weight.
 STAGES_ON_ROWS_WIDTH = 1024
 
 
@@ -392,12 +391,13 @@ class AdapterLayer(nn.Module):
 
         On the weight, training pays one extra GEMM per step: the gradient of the transformed weight,
         ``gᵀx``, which a frozen base weight otherwise never needs. On the activations it pays the transform
-        per row, with tensors saved per pass. One cheap pass per row (OFT's block-diagonal matmul, ETHER's
-        reflections; ``rows_cheaply``) beats the GEMM, so those stay on the activations, as do additive
-        adapters (a low-rank or Kronecker delta). Multi-stage transforms (BOFT's butterflies, GOFT's log-depth
-        Givens stages) go on the weight once the batch has more rows than the layer has outputs (thousands of
-        tokens against hundreds of features), except the Givens tree on layers of ``STAGES_ON_ROWS_WIDTH`` or
-        more outputs, where the extra GEMM costs more than the tree (``rows_cheaply``).
+        per row, with tensors saved per pass. One cheap pass per row (OFT's block-diagonal matmul, BOFT's
+        butterflies composed into blocks narrow against the layer's outputs, ETHER's reflections;
+        ``rows_cheaply``) beats the GEMM, so those stay on the activations, as do additive adapters (a low-rank
+        or Kronecker delta). The others (GOFT's log-depth Givens stages, BOFT's wide blocks) go on the weight once
+        the batch has more rows than the layer has outputs (thousands of tokens against hundreds of features),
+        except the Givens tree on layers of ``STAGES_ON_ROWS_WIDTH`` or more outputs, where the extra GEMM costs
+        more than the tree (``rows_cheaply``).
         """
         if self.weight_path is not None:
             return self.weight_path

@@ -39,17 +39,46 @@ def test_one_factor_equals_oft_on_the_same_parameters(kit, kind):
     assert (oft(x) - oft.base_layer(x)).abs().max().item() > 1e-2
 
 
-def test_butterfly_product_matches_dense_factors(kit):
+@pytest.mark.parametrize("factors", [2, 3])
+def test_butterfly_product_matches_dense_factors(kit, factors):
+    """The composed blocks (spans of 8 or 16 features) are the dense product of the permuted factors."""
     layer = AdapterLayer(kit.make_layer("linear"))
-    adapter = layer.add_adapter("a", BOFTConfig(block_size=4, factors=3))  # 16 = 4 · 2^2
+    adapter = layer.add_adapter("a", BOFTConfig(block_size=4, factors=factors))  # 16 features
     kit.randomize(adapter)
     blocks = adapter.factor_blocks(0.6)
     dense = torch.eye(16)
-    for level in range(3):
+    for level in range(factors):
         perm = butterfly_permutation(16, 4, level)
         p = torch.eye(16)[:, perm]  # x @ p == x[..., perm]
-        dense = (p @ torch.block_diag(*blocks[level]) @ p.T) @ dense  # R = B_2 B_1 B_0
+        dense = (p @ torch.block_diag(*blocks[level]) @ p.T) @ dense  # R = B_{M-1} ⋯ B_0
+    composed = adapter.composed_blocks(0.6)
+    assert composed.shape == (16 // (4 * 2 ** (factors - 1)), 4 * 2 ** (factors - 1), 4 * 2 ** (factors - 1))
+    assert (torch.block_diag(*composed) - dense).abs().max().item() <= kit.TOL["orthogonal"]
     assert (adapter.transform(0.6) - dense).abs().max().item() <= kit.TOL["orthogonal"]
+    assert (dense - torch.eye(16)).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("factors", [2, 6])
+def test_composed_blocks_and_factor_by_factor_agree_in_value_and_gradient(factors):
+    """Short butterflies run as composed blocks, long ones (span 64 > 2·M·b = 24) factor by factor."""
+    layer = AdapterLayer(nn.Linear(64, 8))
+    adapter = layer.add_adapter("a", BOFTConfig(block_size=2, factors=factors))
+    assert adapter.composes == (factors == 2)
+    with torch.no_grad():
+        adapter.q.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, 64, dtype=torch.float64, requires_grad=True)
+    layer.double()
+    for transpose in (False, True):
+        composed = adapter.composed_blocks(0.8)
+        composed = composed.transpose(-1, -2) if transpose else composed
+        via_blocks = torch.cat([x[:, k * len(b) : (k + 1) * len(b)] @ b for k, b in enumerate(composed)], dim=-1)
+        one_by_one = adapter._through_factors(x, adapter.factor_blocks(0.8), transpose)
+        assert torch.allclose(via_blocks, one_by_one, atol=1e-12)
+        assert torch.allclose(adapter.rotate_input(x, 0.8, transpose), one_by_one, atol=1e-12)
+        grads = [torch.autograd.grad(y.square().sum(), [x, adapter.q]) for y in (via_blocks, one_by_one)]
+        for a, b in zip(*grads, strict=True):
+            assert torch.allclose(a, b, atol=1e-10)
+    assert (via_blocks - x).abs().max().item() > 1e-2
 
 
 def test_output_scale_moves_linearly_and_leaves_bias_alone(kit):
