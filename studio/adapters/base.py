@@ -374,8 +374,10 @@ class AdapterLayer(nn.Module):
         base = self.base_layer
         pointwise = isinstance(base, nn.Linear) or base.kernel_size == (1, 1)
         if pointwise and not self._on_weight(x, active):
-            out = self._pointwise(x, active)
-            if base.bias is None:
+            # The bias rides in the base GEMM (addmm) unless an output map (BOFT's scale) comes after it.
+            bias_after = any(getattr(adapter, "has_output_map", False) for adapter, _ in active)
+            out = self._pointwise(x, active, None if bias_after else base.bias)
+            if not bias_after or base.bias is None:
                 return out
             return out + (base.bias if isinstance(base, nn.Linear) else base.bias[:, None, None])
         weight = base.weight.reshape(self.shape.d_out, self.shape.d_in)
@@ -406,23 +408,28 @@ class AdapterLayer(nn.Module):
         rows = x.numel() // (x.shape[-1] if isinstance(self.base_layer, nn.Linear) else x.shape[1])
         return rows > self.shape.d_out
 
-    def _pointwise(self, x: torch.Tensor, active: list[tuple[Adapter, float]]) -> torch.Tensor:
-        """``W_k x`` without bias for Linear / 1×1 conv, peeling the last adapter off ``W_k = f_k(W_{k-1})``."""
+    def _pointwise(
+        self, x: torch.Tensor, active: list[tuple[Adapter, float]], bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``W_k x (+ bias)`` for Linear / 1×1 conv, peeling the last adapter off ``W_k = f_k(W_{k-1})``.
+
+        ``bias`` is added by the base layer's own GEMM; callers pass it only when no output map follows.
+        """
         if not active:
-            return self._base_without_bias(x)
+            return self._base(x, bias)
         adapter, scale = active[-1]
         if adapter.additive:
             delta = self._features(adapter.delta_forward, self._sampled(x), scale)
-            return self._pointwise(x, active[:-1]) + delta
+            return self._pointwise(x, active[:-1], bias) + delta
         # W_k x = L (W_{k-1} (x @ R)) for rows: rotate the input, then map the output.
-        inner = self._pointwise(self._features(adapter.rotate_input, x, scale), active[:-1])
+        inner = self._pointwise(self._features(adapter.rotate_input, x, scale), active[:-1], bias)
         return self._features(adapter.map_output, inner, scale) if adapter.has_output_map else inner
 
-    def _base_without_bias(self, x: torch.Tensor) -> torch.Tensor:
+    def _base(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         base = self.base_layer
         if isinstance(base, nn.Linear):
-            return F.linear(x, base.weight)
-        return F.conv2d(x, base.weight, None, base.stride, base.padding, base.dilation)
+            return F.linear(x, base.weight, bias)
+        return F.conv2d(x, base.weight, bias, base.stride, base.padding, base.dilation)
 
     def _features(
         self, fn: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor, scale: float
