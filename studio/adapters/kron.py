@@ -44,7 +44,7 @@ class DiffuseKronAAdapter(AdditiveAdapter):
         return scale * torch.kron(self.A, self.B)
 
     def delta_forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
-        return scale * kron_matvec(x, self.A, self.B)
+        return kron_matvec(x, scale * self.A, self.B)  # the strength scales the small factor, not every output
 
 
 class LoKrAdapter(AdditiveAdapter):
@@ -94,4 +94,4 @@ class LoKrAdapter(AdditiveAdapter):
 
     def delta_forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
         w1, w2 = self.factors()
-        return (scale * self.scaling) * kron_matvec(x, w1, w2)
+        return kron_matvec(x, (scale * self.scaling) * w1, w2)

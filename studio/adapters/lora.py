@@ -33,5 +33,7 @@ class LoRAAdapter(AdditiveAdapter):
         return (scale * self.scaling) * (self.B @ self.A)
 
     def delta_forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
-        # Two thin matmuls, O(r (d_in + d_out)) per row, instead of building the (d_out, d_in) update.
-        return (scale * self.scaling) * ((x @ self.A.transpose(0, 1)) @ self.B.transpose(0, 1))
+        # Two thin matmuls, O(r (d_in + d_out)) per row, instead of building the (d_out, d_in) update; the strength
+        # scales the small factor, not every output row.
+        a = (scale * self.scaling) * self.A
+        return (x @ a.transpose(0, 1)) @ self.B.transpose(0, 1)
