@@ -1,6 +1,7 @@
 """Per-layer forward+backward time and activation memory of every adapter method, against PEFT's version.
 
 Usage: .venv/bin/python benchmarks/bench_adapters.py [--threads 2] [--repeats 5] [--quick] [--json out.json]
+       [--methods boft boft-3 boft-4] [--path auto|weight|activations]
 
 One ``nn.Linear(width, width)`` (an SD attention projection) on ``(batch, tokens, width)`` inputs that need a
 gradient, as inside a UNet. For each shape and method: the median wall time of forward + backward (after a
@@ -48,10 +49,11 @@ class Holder(nn.Module):
         return self.layer(x)
 
 
-def ours(config) -> Callable[[int], nn.Module]:
+def ours(config, weight_path: bool | None = None) -> Callable[[int], nn.Module]:
     def build(width: int) -> nn.Module:
         model = Holder(width)
         add_adapter(model, "a", config, targets=["layer"], generator=torch.Generator().manual_seed(0))
+        model.layer.weight_path = weight_path
         return model
 
     return build
@@ -92,6 +94,8 @@ METHODS = {
     "oft": OFTConfig(block_size=32),
     "oft-neumann": OFTConfig(block_size=32, cayley="neumann", neumann_terms=4),
     "boft": BOFTConfig(block_size=8, factors=2),
+    "boft-3": BOFTConfig(block_size=8, factors=3),
+    "boft-4": BOFTConfig(block_size=8, factors=4),
     "goft": GOFTConfig(),
     "qgoft": QGOFTConfig(),
     "ether": ETHERConfig(num_blocks=4),
@@ -146,15 +150,25 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[320, 640, 1280])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--quick", action="store_true", help="one small shape (tokens 1024, width 320)")
+    parser.add_argument(
+        "--path",
+        choices=["auto", "weight", "activations"],
+        default="auto",
+        help="where our adapters other than the LoRA reference apply (auto: the layer decides)",
+    )
     parser.add_argument("--json", default=None, help="also write every measurement here")
     args = parser.parse_args()
     if args.quick:
         args.tokens, args.widths = [1024], [320]
     torch.set_num_threads(args.threads)
     theirs = peft_configs()
+    weight_path = {"auto": None, "weight": True, "activations": False}[args.path]
 
     rows = []
-    print(f"threads={args.threads} batch={args.batch} median of {args.repeats}; base = the bare nn.Linear")
+    print(
+        f"threads={args.threads} batch={args.batch} median of {args.repeats}; path={args.path}; "
+        "base = the bare nn.Linear"
+    )
     header = f"{'tokens':>6} {'width':>5} {'method':<13} {'params':>8} {'ms':>8} {'saved MB':>8}"
     print(f"{header} {'PEFT ms':>8} {'PEFT MB':>8} {'÷PEFT':>6} {'÷LoRA':>6} {'÷base':>6}")
     for tokens in args.tokens:
@@ -164,7 +178,8 @@ def main() -> None:
             base_time = measure(base, x, args.repeats).seconds
             results: dict[str, tuple[Measurement, Measurement | None]] = {}
             for name in ["lora", *[m for m in args.methods if m != "lora"]]:
-                mine = measure(ours(METHODS[name])(width), x, args.repeats)
+                path = None if name == "lora" else weight_path  # the reference stays where the layer puts it
+                mine = measure(ours(METHODS[name], path)(width), x, args.repeats)
                 other = measure(peft(theirs[name])(width), x, args.repeats) if name in theirs else None
                 results[name] = (mine, other)
                 lora = results["lora"][0].seconds

@@ -49,9 +49,8 @@ class BOFTAdapter(MultiplicativeAdapter):
         # one by one, which copy the row M times; up to twice the arithmetic (M <= 4) the saved copies pay for it.
         self.composes = span <= 2 * factors * b
         # On the activations a row then costs ~3·d_in·span multiply-adds (forward and both gradients), on the weight
-        # the extra GEMM d_out·d_in, but small blocks run far below GEMM speed: measured on one thread (b = 8, M = 2-4,
-        # 1024 and 4096 tokens), the activations win from span <= d_out / 16 (16 of 320, 32 of 640) and lose at
-        # span = d_out / 10 (32 of 320: 1.50x against 1.27x LoRA's time).
+        # the extra GEMM d_out·d_in, but small blocks run far below GEMM speed: measured (docs/ADAPTERS.md, b = 8,
+        # M = 2-4), the activations win up to span = d_out / 16 and lose at 4096 tokens for 32 or 64 of 320 features.
         self.rows_cheaply = self.composes and 16 * span <= shape.d_out
         self.q = nn.Parameter(torch.zeros(factors, n, b * (b - 1) // 2))
         self.magnitude = nn.Parameter(torch.ones(shape.d_out))
