@@ -93,8 +93,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "synth-quality": EmbeddedModel(
         "audio",
         "synth",
-        "mixstudio train cfg-distill-synth --set guidance_scale=4 --set max_steps=1200 --set max_minutes=60 "
-        "--set export=assets/models/synth-quality",
+        "mixstudio train cfg-distill-synth --set guidance_scale=4 --set on_policy=0.25 --set max_steps=1200 "
+        "--set max_minutes=45 --set export=assets/models/synth-quality",
         "quality",
     ),
     "synth-diversity": EmbeddedModel(
