@@ -93,7 +93,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "synth-quality": EmbeddedModel(
         "audio",
         "synth",
-        "mixstudio train cfg-distill-synth --set guidance_scale=4 --set on_policy=0.25 --set max_steps=1200 "
+        "mixstudio train cfg-distill-synth --set guidance_scale=5 --set on_policy=0.25 --set max_steps=1200 "
         "--set max_minutes=45 --set export=assets/models/synth-quality",
         "quality",
     ),

@@ -197,10 +197,11 @@ def cfg_distill_shapes() -> CFGDistillConfig:
 def cfg_distill_synth() -> CFGDistillConfig:
     """The unguided student of the embedded ``synth`` model (β = 0).
 
-    The teacher is the shipped ``synth`` (stage 2) at w = 4, its best scale. The shipped ``synth-quality`` trains
-    three times as long as the default with a quarter of its states on-policy (``--set on_policy=0.25 --set
-    max_steps=1200 --set max_minutes=45``) and ends 5 adherence points below its teacher, in mode; the shipped
-    ``synth-diversity`` is ``--set diversity_weight=0.5 --set max_minutes=45`` (400 steps).
+    The teacher is the shipped ``synth`` (stage 2) at w = 4, its best scale. The shipped ``synth-quality`` is
+    distilled one step past it, three times as long as the default, with a quarter of its states on-policy
+    (``--set guidance_scale=5 --set on_policy=0.25 --set max_steps=1200 --set max_minutes=45``), and is level
+    with the teacher at w = 4 and 1.7 points above it at w = 5; the shipped ``synth-diversity`` is ``--set
+    diversity_weight=0.5 --set max_minutes=45`` (400 steps).
     The diversity reward is backpropagated through the last two of eight sampler steps and the mel vocoder,
     whose Griffin-Lim phase is held fixed in the backward pass (two samples for each of 4 prompts per step).
     ``--set diversity_mode=reinforce`` trains it by policy gradient instead; that student, the one shipped
