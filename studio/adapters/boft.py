@@ -44,7 +44,7 @@ class BOFTAdapter(MultiplicativeAdapter):
                 f"BOFTConfig.factors={factors} with block size {b} needs an even block size and d_in "
                 f"({shape.d_in}) divisible by b·2^(factors-1) = {span}; lower factors or change block_size"
             )
-        self.num_blocks, self.block_size = n, b
+        self.num_blocks, self.block_size, self.span = n, b, span
         # Composing the factors into span-wide blocks costs span multiply-adds per feature against M·b for the factors
         # one by one, which copy the row M times; up to twice the arithmetic (M <= 4) the saved copies pay for it.
         self.composes = span <= 2 * factors * b
@@ -75,7 +75,7 @@ class BOFTAdapter(MultiplicativeAdapter):
         ``(span, d_in)`` tensor, after which every row pays one block-diagonal matmul, as OFT's do, instead of ``M``
         permuted passes.
         """
-        span = self.block_size * 2 ** (len(self.q) - 1)
+        span = self.span
         groups = self.shape.d_in // span
         comb = torch.eye(span, dtype=self.q.dtype, device=self.q.device).repeat(1, groups)
         comb = self._through_factors(comb, self.factor_blocks(scale))
