@@ -93,6 +93,8 @@ class Adapter(nn.Module):
     """
 
     additive: ClassVar[bool]
+    has_output_map: bool = False
+    """Whether the adapter also transforms the layer's outputs (BOFT's scale, two-sided ETHER+)."""
 
     def __init__(self, config: AdapterConfig, shape: LayerShape) -> None:
         super().__init__()
@@ -149,7 +151,6 @@ class MultiplicativeAdapter(Adapter):
     """``W' = L(s) · W · R(s)ᵀ``: an input-side transform ``R`` and an optional output-side ``L``."""
 
     additive = False
-    has_output_map: ClassVar[bool] = False
     rows_cheaply: bool = False
     """Whether ``rotate_input`` costs less per row than the weight path's extra GEMM (one block-diagonal or rank-1
     pass; the Givens tree on wide layers): such adapters stay on the activations of a layer whose weight is
@@ -375,7 +376,7 @@ class AdapterLayer(nn.Module):
         pointwise = isinstance(base, nn.Linear) or base.kernel_size == (1, 1)
         if pointwise and not self._on_weight(x, active):
             # The bias rides in the base GEMM (addmm) unless an output map (BOFT's scale) comes after it.
-            bias_after = any(getattr(adapter, "has_output_map", False) for adapter, _ in active)
+            bias_after = any(adapter.has_output_map for adapter, _ in active)
             out = self._pointwise(x, active, None if bias_after else base.bias)
             if not bias_after or base.bias is None:
                 return out
