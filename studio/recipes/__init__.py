@@ -204,7 +204,7 @@ def cfg_distill_synth() -> CFGDistillConfig:
     diversity_weight=0.5 --set max_minutes=45`` (400 steps).
     The diversity reward is backpropagated through the last two of eight sampler steps and the mel vocoder,
     whose Griffin-Lim phase is held fixed in the backward pass (two samples for each of 4 prompts per step).
-    Only through the last four (``--set backprop_steps=4``) does its gain reach the eval judge, at a cost in
+    Through the last four (``--set backprop_steps=4``) its gain reaches the eval judge too, at a cost in
     adherence; through all eight, β = 0.5 loses the prompt (docs/CFG_DISTILL.md).
     ``--set diversity_mode=reinforce`` trains it by policy gradient instead; that student, the one shipped
     before, ended less diverse than its β = 0 partner (docs/CFG_DISTILL.md).
