@@ -4,8 +4,28 @@ Pick a method by name in ``METHODS``, build its config, and :func:`add_adapter` 
 supports a strength ``scale`` that keeps orthogonal methods orthogonal (see ``studio.adapters.base``).
 """
 
-from studio.adapters.base import Adapter, AdapterLayer, AdditiveAdapter, LayerShape, MultiplicativeAdapter
-from studio.adapters.config import (
+from studio.adapters.base import Adapter, AdditiveAdapter, LayerShape, MultiplicativeAdapter
+from studio.adapters.inject import (
+    DEFAULT_TARGETS,
+    adapter_layers,
+    adapter_state_dict,
+    adapter_targets,
+    add_adapter,
+    bake_adapters,
+    delete_adapter,
+    disable_adapters,
+    enable_adapters,
+    layers_with,
+    merge_adapters,
+    orthogonality_penalty,
+    set_adapter_scale,
+    trainable_parameters,
+    unmerge_adapters,
+)
+from studio.adapters.io import load_adapter, read_adapter_header, save_adapter
+from studio.adapters.layer import AdapterLayer
+from studio.adapters.peft_interop import export_peft_lora, export_peft_oft, import_peft_lora
+from studio.adapters.registry import (
     METHODS,
     AdapterConfig,
     BOFTConfig,
@@ -20,24 +40,6 @@ from studio.adapters.config import (
     config_from_dict,
     config_to_dict,
 )
-from studio.adapters.inject import (
-    DEFAULT_TARGETS,
-    adapter_layers,
-    adapter_state_dict,
-    adapter_targets,
-    add_adapter,
-    bake_adapters,
-    delete_adapter,
-    disable_adapters,
-    enable_adapters,
-    merge_adapters,
-    orthogonality_penalty,
-    set_adapter_scale,
-    trainable_parameters,
-    unmerge_adapters,
-)
-from studio.adapters.io import load_adapter, read_adapter_header, save_adapter
-from studio.adapters.peft_interop import export_peft_lora, export_peft_oft, import_peft_lora
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -70,6 +72,7 @@ __all__ = [
     "export_peft_lora",
     "export_peft_oft",
     "import_peft_lora",
+    "layers_with",
     "load_adapter",
     "merge_adapters",
     "orthogonality_penalty",

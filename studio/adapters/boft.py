@@ -13,17 +13,47 @@ which connects every feature after ``log2(d/b) + 1`` levels). Only ``factors=1``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from studio.adapters.base import LayerShape, MultiplicativeAdapter, resolve_blocks
+from studio.adapters.base import (
+    LayerShape,
+    MultiplicativeAdapter,
+    check_field,
+    check_optional_blocks,
+    check_positive_int,
+    resolve_blocks,
+)
 from studio.adapters.maths import block_diagonal_matmul, butterfly_permutation
 from studio.adapters.oft import cayley_blocks
 
-if TYPE_CHECKING:
-    from studio.adapters.config import BOFTConfig
+
+@dataclass(kw_only=True)
+class BOFTConfig:
+    """BOFT (Liu et al. 2024, arXiv 2311.06243): ``R = B_m ⋯ B_1`` butterfly factors plus an output scale."""
+
+    method: ClassVar[str] = "boft"
+    block_size: int | None = None
+    """Size ``b`` of each rotation block in every factor; exclusive with ``num_blocks``; neither means 32."""
+    num_blocks: int | None = None
+    """Blocks per factor (``b = d_in / num_blocks``); exclusive with ``block_size``."""
+    factors: int = 1
+    """Number ``m`` of butterfly factors; ``m = 1`` is OFT. Needs ``d_in`` divisible by ``b · 2^(m-1)``."""
+    cayley: Literal["exact", "neumann"] = "exact"
+    """As in :class:`OFTConfig`."""
+    neumann_terms: int = 4
+    """As in :class:`OFTConfig`."""
+
+    def __post_init__(self) -> None:
+        check_optional_blocks("BOFTConfig", self.block_size, self.num_blocks)
+        check_positive_int("BOFTConfig.factors", self.factors, "pass e.g. factors=2")
+        check_field(
+            self.cayley in ("exact", "neumann"), "BOFTConfig.cayley", self.cayley, "allowed: exact, neumann", ""
+        )
+        check_positive_int("BOFTConfig.neumann_terms", self.neumann_terms, "pass e.g. neumann_terms=4")
 
 
 class BOFTAdapter(MultiplicativeAdapter):

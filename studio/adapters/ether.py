@@ -24,16 +24,40 @@ Strength semantics (this library's choice; the paper has none):
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from studio.adapters.base import LayerShape, MultiplicativeAdapter, check_divides
+from studio.adapters.base import LayerShape, MultiplicativeAdapter, check_divides, check_positive_int
 
-if TYPE_CHECKING:
-    from studio.adapters.config import ETHERConfig, ETHERPlusConfig
+
+@dataclass(kw_only=True)
+class ETHERConfig:
+    """ETHER (Bini et al. 2024, arXiv 2405.20271): one Householder reflection per input-feature block."""
+
+    method: ClassVar[str] = "ether"
+    num_blocks: int = 1
+    """Number of diagonal blocks over the input features; must divide ``d_in``."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("ETHERConfig.num_blocks", self.num_blocks, "pass e.g. num_blocks=4")
+
+
+@dataclass(kw_only=True)
+class ETHERPlusConfig:
+    """ETHER+ (Bini et al. 2024): per block ``I - ûûᵀ + v̂v̂ᵀ``, identity at init (``v = -u``)."""
+
+    method: ClassVar[str] = "etherplus"
+    num_blocks: int = 1
+    """Number of diagonal blocks; must divide ``d_in`` (and ``d_out`` when two-sided)."""
+    two_sided: bool = False
+    """Also transform the output features: ``W' = H_out · W · H_inᵀ``."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("ETHERPlusConfig.num_blocks", self.num_blocks, "pass e.g. num_blocks=4")
 
 
 def _blocks(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -15,16 +15,48 @@ pairs (:func:`~studio.adapters.maths.givens_stages`: ``d - 1`` pairs in all, a b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from studio.adapters.base import STAGES_ON_ROWS_WIDTH, LayerShape, MultiplicativeAdapter
+from studio.adapters.base import LayerShape, MultiplicativeAdapter, check_field
 from studio.adapters.maths import apply_givens_tree, givens_stages, rotation_2x2
 
-if TYPE_CHECKING:
-    from studio.adapters.config import GOFTConfig, QGOFTConfig
+#: Layers at least this wide (outputs) keep the Givens tree on the activations: the weight path's extra GEMM
+#: (``d_out·d_in`` per row) then costs more than the tree (about ``2·d_in`` per row). ``bench_adapters.py``, two
+#: threads, GOFT ÷ LoRA: at 1024 tokens × 1280 features 1.14× on the activations against 1.86× on the weight;
+#: at 4096 tokens × 640 features 1.33× against 1.24×, so narrower layers stay on the weight.
+STAGES_ON_ROWS_WIDTH = 1024
+
+
+@dataclass(kw_only=True)
+class GOFTConfig:
+    """GOFT (Ma et al. 2024, arXiv 2404.04316): ``R`` = ``d_in - 1`` Givens rotations in ``⌈log2 d_in⌉`` stages.
+
+    No hyperparameters: the rotation count is fixed by the layer width.
+    """
+
+    method: ClassVar[str] = "goft"
+
+
+@dataclass(kw_only=True)
+class QGOFTConfig:
+    """qGOFT (Ma et al. 2024): GOFT with each 2x2 rotation relaxed to a free 2x2 matrix, softly orthogonal."""
+
+    method: ClassVar[str] = "qgoft"
+    penalty_weight: float = 1.0
+    """Multiplier of ``Σ ‖MᵀM - I‖²_F`` in :func:`studio.adapters.orthogonality_penalty`."""
+
+    def __post_init__(self) -> None:
+        check_field(
+            self.penalty_weight >= 0,
+            "QGOFTConfig.penalty_weight",
+            self.penalty_weight,
+            "need >= 0",
+            "pass e.g. penalty_weight=1.0",
+        )
 
 
 class _PairStagesAdapter(MultiplicativeAdapter):
@@ -98,3 +130,7 @@ class QGOFTAdapter(_PairStagesAdapter):
         eye = torch.eye(2, dtype=self.blocks.dtype, device=self.blocks.device)
         gram = self.blocks.transpose(-1, -2) @ self.blocks
         return ((gram - eye) ** 2).sum()
+
+    def penalty(self) -> torch.Tensor:
+        """The trainer's regulariser: ``penalty_weight · Σ_k ‖M_kᵀ M_k - I‖²_F``."""
+        return self.config.penalty_weight * self.orthogonality_penalty()

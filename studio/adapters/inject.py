@@ -19,8 +19,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from studio.adapters.base import AdapterLayer
-from studio.adapters.config import AdapterConfig
+from studio.adapters.layer import AdapterLayer
+from studio.adapters.registry import AdapterConfig
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -128,7 +128,12 @@ def add_adapter(
     return found
 
 
-def _layers_with(model: nn.Module, name: str) -> dict[str, AdapterLayer]:
+def layers_with(model: nn.Module, name: str) -> dict[str, AdapterLayer]:
+    """The adapter layers holding adapter ``name``, by dotted name.
+
+    Raises:
+        ValueError: if no layer holds it (naming the adapters present).
+    """
     layers = {n: layer for n, layer in adapter_layers(model).items() if name in layer.adapters}
     if not layers:
         known = sorted({a for layer in adapter_layers(model).values() for a in layer.adapters})
@@ -138,12 +143,12 @@ def _layers_with(model: nn.Module, name: str) -> dict[str, AdapterLayer]:
 
 def adapter_targets(model: nn.Module, name: str) -> list[str]:
     """Dotted names of the layers holding adapter ``name``."""
-    return list(_layers_with(model, name))
+    return list(layers_with(model, name))
 
 
 def set_adapter_scale(model: nn.Module, name: str, scale: float) -> None:
     """Set the strength of adapter ``name`` on every layer holding it."""
-    for layer in _layers_with(model, name).values():
+    for layer in layers_with(model, name).values():
         layer.set_scale(name, scale)
 
 
@@ -163,7 +168,7 @@ def merge_adapters(model: nn.Module, names: Iterable[str] | None = None) -> None
     """Merge adapters into base weights: ``names`` in that order, or every unmerged adapter of each layer."""
     names = None if names is None else list(names)
     for name in names or ():
-        _layers_with(model, name)  # raises for a name no layer holds
+        layers_with(model, name)  # raises for a name no layer holds
     for layer in adapter_layers(model).values():
         layer.merge(None if names is None else [n for n in names if n in layer.adapters])
 
@@ -176,7 +181,7 @@ def unmerge_adapters(model: nn.Module) -> None:
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name`` everywhere; layers left without adapters are unwrapped."""
-    for module_name, layer in _layers_with(model, name).items():
+    for module_name, layer in layers_with(model, name).items():
         layer.delete_adapter(name)
         if not layer.adapters:
             _unwrap(model, module_name)
@@ -202,7 +207,7 @@ def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """Adapter ``name``'s tensors keyed ``"<layer name>.<param name>"``, e.g. ``"attn.to_q.A"`` (detached)."""
     return {
         f"{module_name}.{key}": tensor.detach()
-        for module_name, layer in _layers_with(model, name).items()
+        for module_name, layer in layers_with(model, name).items()
         for key, tensor in layer.adapters[name].state_dict().items()
     }
 
@@ -213,11 +218,14 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
-    """``Σ penalty_weight · ‖MᵀM - I‖²_F`` over every qGOFT adapter (a zero scalar if there are none)."""
+    """The sum of every adapter's regulariser (:meth:`Adapter.penalty`; a zero scalar if none has one).
+
+    Today that is qGOFT's ``Σ penalty_weight · ‖MᵀM - I‖²_F``, which keeps its relaxed rotations near orthogonal.
+    """
     total = torch.zeros(())
     for layer in adapter_layers(model).values():
         for adapter in layer.adapters.values():
-            if hasattr(adapter, "orthogonality_penalty"):
-                penalty = adapter.orthogonality_penalty()
-                total = total.to(penalty) + adapter.config.penalty_weight * penalty
+            penalty = adapter.penalty()
+            if penalty is not None:
+                total = total.to(penalty) + penalty
     return total

@@ -23,9 +23,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from studio.adapters.base import AdapterLayer, layer_shape
-from studio.adapters.config import AdapterConfig, adapter_class, config_from_dict, config_to_dict
-from studio.adapters.inject import _layers_with, adapter_state_dict, add_adapter
+from studio.adapters.base import layer_shape
+from studio.adapters.inject import adapter_state_dict, add_adapter, layers_with
+from studio.adapters.layer import AdapterLayer
+from studio.adapters.registry import AdapterConfig, adapter_class, config_from_dict, config_to_dict
 from studio.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def save_adapter(model: nn.Module, name: str, path: str | Path, *, base_model_id
     Returns:
         ``path`` as a Path.
     """
-    layers = _layers_with(model, name)
+    layers = layers_with(model, name)
     configs = {json.dumps(config_to_dict(layer.adapters[name].config), sort_keys=True) for layer in layers.values()}
     if len(configs) != 1:
         raise ValueError(f"adapter {name!r} has different configs on different layers; it cannot be saved as one")
@@ -158,7 +159,7 @@ def load_adapter(
     _check_targets(path, model, targets, config, tensors)
     name = header["name"] if name is None else name
     wrapped = add_adapter(model, name, config, targets=[f"re:{re.escape(t)}" for t in targets])
-    layers = _layers_with(model, name)
+    layers = layers_with(model, name)
     scale = header.get("scale", 1.0)
     with torch.no_grad():
         for module_name, layer in layers.items():

@@ -10,16 +10,68 @@ the forward pass is exactly ``torch.kron(A, B)``, which is what merging adds (th
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from studio.adapters.base import AdditiveAdapter, LayerShape, check_divides
+from studio.adapters.base import AdditiveAdapter, LayerShape, check_divides, check_field, check_positive_int
 from studio.adapters.maths import factorize, kron_matvec
 
-if TYPE_CHECKING:
-    from studio.adapters.config import DiffuseKronAConfig, LoKrConfig
+
+@dataclass(kw_only=True)
+class DiffuseKronAConfig:
+    """DiffuseKronA (Marjit et al. 2024, arXiv 2402.17412): ``ΔW = A ⊗ B``, ``A (a1, a2)`` random, ``B = 0``."""
+
+    method: ClassVar[str] = "diffusekrona"
+    a1: int
+    """Rows of ``A``; must divide ``d_out`` (``b1 = d_out / a1``)."""
+    a2: int
+    """Columns of ``A``; must divide ``d_in`` (``b2 = d_in / a2``; for convs ``d_in = C_in · kh · kw``)."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("DiffuseKronAConfig.a1", self.a1, "pass e.g. a1=4")
+        check_positive_int("DiffuseKronAConfig.a2", self.a2, "pass e.g. a2=8")
+
+
+@dataclass(kw_only=True)
+class LoKrConfig:
+    """LoKr (LyCORIS, arXiv 2309.14859; as in PEFT): ``ΔW = (alpha / rank) · (w1 ⊗ w2)``."""
+
+    method: ClassVar[str] = "lokr"
+    rank: int = 8
+    """Rank of the low-rank factors; ``w2`` is low-rank when ``rank < max(b1, b2') / 2`` (PEFT's rule)."""
+    alpha: float | None = None
+    """Numerator of ``alpha / rank``; None means ``alpha = rank``."""
+    factor: int = -1
+    """Preferred size of the small factor (PEFT ``decompose_factor``); -1 balances the two factors."""
+    decompose_both: bool = False
+    """Also make ``w1`` low-rank when ``rank < max(a1, a2) / 2``."""
+    a1: int | None = None
+    """Explicit rows of ``w1`` (with ``a2``); None picks sizes like PEFT."""
+    a2: int | None = None
+    """Explicit columns of ``w1`` (with ``a1``)."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("LoKrConfig.rank", self.rank, "pass e.g. rank=8")
+        check_field(
+            self.factor == -1 or (isinstance(self.factor, int) and self.factor >= 1),
+            "LoKrConfig.factor",
+            self.factor,
+            "need -1 or an int >= 1",
+            "pass factor=-1 to balance the factors",
+        )
+        check_field(
+            (self.a1 is None) == (self.a2 is None),
+            "LoKrConfig.a1",
+            self.a1,
+            f"a1 and a2 (={self.a2}) must be given together",
+            "pass both or neither",
+        )
+        for name in ("a1", "a2"):
+            if getattr(self, name) is not None:
+                check_positive_int(f"LoKrConfig.{name}", getattr(self, name), "pass e.g. 4")
 
 
 def _kaiming(shape: tuple[int, ...], generator: torch.Generator | None) -> nn.Parameter:

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from studio.adapters.base import AdditiveAdapter, LayerShape
+from studio.adapters.base import AdditiveAdapter, LayerShape, check_field, check_positive_int
 
-if TYPE_CHECKING:
-    from studio.adapters.config import LoRAConfig
+
+@dataclass(kw_only=True)
+class LoRAConfig:
+    """LoRA (Hu et al. 2021, arXiv 2106.09685): ``ΔW = (alpha / rank) · B A``, ``A`` random, ``B = 0``."""
+
+    method: ClassVar[str] = "lora"
+    rank: int = 4
+    """Inner dimension ``r``: ``A`` is ``(r, d_in)``, ``B`` is ``(d_out, r)``."""
+    alpha: float | None = None
+    """Numerator of the scaling ``alpha / rank``; None means ``alpha = rank`` (scaling 1)."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("LoRAConfig.rank", self.rank, "pass e.g. rank=4")
+        check_field(
+            self.alpha is None or isinstance(self.alpha, int | float),
+            "LoRAConfig.alpha",
+            self.alpha,
+            "need a number or None",
+            "pass e.g. alpha=8.0",
+        )
 
 
 class LoRAAdapter(AdditiveAdapter):

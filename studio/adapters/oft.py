@@ -7,16 +7,50 @@ differ here: PEFT refuses a strength for OFT and A1111/kohya use ``I + s(R - I)`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from studio.adapters.base import LayerShape, MultiplicativeAdapter, resolve_blocks
+from studio.adapters.base import (
+    LayerShape,
+    MultiplicativeAdapter,
+    check_field,
+    check_optional_blocks,
+    check_positive_int,
+    resolve_blocks,
+)
 from studio.adapters.maths import block_diagonal_matmul, cayley, cayley_neumann, project_frobenius_ball, skew_from_triu
 
-if TYPE_CHECKING:
-    from studio.adapters.config import OFTConfig
+
+@dataclass(kw_only=True)
+class OFTConfig:
+    """OFT (Qiu et al. 2023, arXiv 2306.07280): ``W' = W Rᵀ``, ``R = blockdiag(Cayley(Q_1), ...)``, ``Q = 0``."""
+
+    method: ClassVar[str] = "oft"
+    block_size: int | None = None
+    """Size ``b`` of each rotation block; exclusive with ``num_blocks``; neither means 32."""
+    num_blocks: int | None = None
+    """Number ``r`` of blocks (``b = d_in / r``); exclusive with ``block_size``."""
+    cayley: Literal["exact", "neumann"] = "exact"
+    """``exact``: a linear solve, orthogonal for every strength. ``neumann``: a truncated series, approximate."""
+    neumann_terms: int = 4
+    """Series terms for ``cayley="neumann"`` (PEFT's default ``num_cayley_neumann_terms=5`` equals 4 here)."""
+    coft: bool = False
+    """COFT: project each skew block into the Frobenius ball ``‖Q‖_F <= coft_eps`` in the forward pass."""
+    coft_eps: float = 6e-5
+    """COFT radius."""
+    block_share: bool = False
+    """Share one rotation block across all blocks of a layer."""
+
+    def __post_init__(self) -> None:
+        check_optional_blocks("OFTConfig", self.block_size, self.num_blocks)
+        check_field(
+            self.cayley in ("exact", "neumann"), "OFTConfig.cayley", self.cayley, "allowed: exact, neumann", ""
+        )
+        check_positive_int("OFTConfig.neumann_terms", self.neumann_terms, "pass e.g. neumann_terms=4")
+        check_field(self.coft_eps > 0, "OFTConfig.coft_eps", self.coft_eps, "need > 0", "pass e.g. coft_eps=6e-5")
 
 
 def cayley_blocks(

@@ -28,9 +28,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from studio.adapters.base import DEFAULT_BLOCK_SIZE, AdapterLayer, layer_shape
-from studio.adapters.config import LoRAConfig
-from studio.adapters.inject import _layers_with, add_adapter
+from studio.adapters.base import DEFAULT_BLOCK_SIZE, layer_shape
+from studio.adapters.inject import add_adapter, layers_with
+from studio.adapters.layer import AdapterLayer
+from studio.adapters.lora import LoRAConfig
 from studio.adapters.maths import project_frobenius_ball, skew_from_triu
 from studio.io import atomic_dir
 
@@ -48,7 +49,7 @@ def _uniform_scale(layers: dict[str, AdapterLayer], name: str) -> float:
 
 
 def _method_layers(model: nn.Module, name: str, method: str) -> dict[str, AdapterLayer]:
-    layers = _layers_with(model, name)
+    layers = layers_with(model, name)
     found = next(iter(layers.values())).adapters[name].config.method
     if found != method:
         raise ValueError(f"adapter {name!r} is {found}, not {method}; only {method} adapters export this way")
@@ -158,7 +159,7 @@ def import_peft_lora(model: nn.Module, folder: str | Path, name: str = "default"
             raise ValueError(f"PEFT LoRA tensors for {module_name!r} do not fit its weight shape {weight_shape}")
     wrapped = add_adapter(model, name, LoRAConfig(rank=rank, alpha=alpha), [f"re:{re.escape(m)}" for m in parts])
     with torch.no_grad():
-        for module_name, layer in _layers_with(model, name).items():
+        for module_name, layer in layers_with(model, name).items():
             adapter = layer.adapters[name]
             adapter.A.copy_(parts[module_name]["A"].reshape(adapter.A.shape))
             adapter.B.copy_(parts[module_name]["B"].reshape(adapter.B.shape))

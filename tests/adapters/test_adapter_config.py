@@ -16,7 +16,7 @@ from studio.adapters import (
     config_from_dict,
     config_to_dict,
 )
-from studio.adapters.config import adapter_class
+from studio.adapters.registry import adapter_class
 
 
 def test_methods_table_maps_names_to_config_and_adapter_classes():

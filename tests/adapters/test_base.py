@@ -20,7 +20,7 @@ from studio.adapters import (
     OFTConfig,
     QGOFTConfig,
 )
-from studio.adapters.base import STAGES_ON_ROWS_WIDTH
+from studio.adapters.givens import STAGES_ON_ROWS_WIDTH
 
 SCALES = (0.0, 0.3, 1.0, 1.7, -0.5)
 

@@ -1,0 +1,70 @@
+"""The one table from adapter method names to their config and adapter classes, and config (de)serialisation.
+
+Each method's config lives beside its adapter (``lora.py``, ``oft.py``, ...); this module imports them one way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from studio.adapters.boft import BOFTAdapter, BOFTConfig
+from studio.adapters.ether import ETHERAdapter, ETHERConfig, ETHERPlusAdapter, ETHERPlusConfig
+from studio.adapters.givens import GOFTAdapter, GOFTConfig, QGOFTAdapter, QGOFTConfig
+from studio.adapters.kron import DiffuseKronAAdapter, DiffuseKronAConfig, LoKrAdapter, LoKrConfig
+from studio.adapters.lora import LoRAAdapter, LoRAConfig
+from studio.adapters.oft import OFTAdapter, OFTConfig
+
+AdapterConfig = (
+    LoRAConfig
+    | OFTConfig
+    | BOFTConfig
+    | GOFTConfig
+    | QGOFTConfig
+    | ETHERConfig
+    | ETHERPlusConfig
+    | DiffuseKronAConfig
+    | LoKrConfig
+)
+
+METHODS: dict[str, tuple[type, type]] = {
+    "lora": (LoRAConfig, LoRAAdapter),
+    "oft": (OFTConfig, OFTAdapter),
+    "boft": (BOFTConfig, BOFTAdapter),
+    "goft": (GOFTConfig, GOFTAdapter),
+    "qgoft": (QGOFTConfig, QGOFTAdapter),
+    "ether": (ETHERConfig, ETHERAdapter),
+    "etherplus": (ETHERPlusConfig, ETHERPlusAdapter),
+    "diffusekrona": (DiffuseKronAConfig, DiffuseKronAAdapter),
+    "lokr": (LoKrConfig, LoKrAdapter),
+}
+
+
+def adapter_class(config: AdapterConfig) -> type:
+    """The adapter class for a config instance, looked up in ``METHODS``."""
+    method = getattr(config, "method", None)
+    if method not in METHODS or not isinstance(config, METHODS[method][0]):
+        allowed = [config_cls.__name__ for config_cls, _ in METHODS.values()]
+        raise TypeError(f"config {config!r} is not an adapter config; pass one of {allowed}")
+    return METHODS[method][1]
+
+
+def config_to_dict(config: AdapterConfig) -> dict[str, Any]:
+    """The JSON-ready hyperparameters of ``config`` (its method name is ``config.method``)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(method: str, params: dict[str, Any]) -> AdapterConfig:
+    """Rebuild a config from :func:`config_to_dict` output.
+
+    Raises:
+        ValueError: for an unknown method or unknown fields.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; allowed: {sorted(METHODS)}")
+    cls = METHODS[method][0]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no fields {unknown}; allowed: {sorted(known)}")
+    return cls(**params)
