@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-all lint format clean
+.PHONY: install demo test test-slow test-all lint format clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The tests marked slow only (learning curves, two-process training, Pareto runs): CI runs them after `make test`.
+test-slow: install
+	$(PY) -m pytest -q --runslow -m slow
 
 test-all: install
 	$(PY) -m pytest -q --runslow

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from studio.adapters import METHODS
+from studio.generation import generate
 from studio.guidance import DEFAULT_GUIDANCE
 from studio.io import atomic_write_text, read_image, write_png
 from studio.judges import load_judge
 from studio.judges.metrics import prompt_adherence
-from studio.pipelines.evaluation import generate_batch
 from studio.trainers.finetune import ConceptData, FinetuneConfig, FinetuneTrainer
 from studio.worlds import get_world
 from studio.worlds.base import to_tensor
@@ -106,9 +106,10 @@ def score(pipe, guidance: float, seed: int = 0) -> tuple[dict[str, float], list[
     texts = [INSTANCE] * FIDELITY_SAMPLES + [t for t, _ in EDITS for _ in range(EDIT_SEEDS)]
     seeds = [seed + i for i in range(len(texts))]
     sampling = {"guidance_scale": guidance, "num_inference_steps": STEPS}
-    samples = generate_batch(pipe, texts, seeds, **sampling)
+    samples = generate(pipe, texts, seeds=seeds, **sampling).data
     held_out = world.eval_prompts()
-    prior_samples = generate_batch(pipe, [p.text for p in held_out], [seed + 500 + i for i in range(48)], **sampling)
+    prior_seeds = [seed + 500 + i for i in range(48)]
+    prior_samples = generate(pipe, [p.text for p in held_out], seeds=prior_seeds, **sampling).data
 
     with torch.no_grad():
         _, concept_emb = judge.predict(concept)

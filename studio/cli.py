@@ -180,42 +180,78 @@ def write_concept(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Limits of what the command line accepts (the library's own limits are wider or none).
+MAX_STEPS = 1000
+MAX_SAMPLES = 256
+MAX_GUIDANCE = 100.0
+MAX_ADAPTER_SCALE = 10.0
+
+
+def check_sampling_flags(args: argparse.Namespace) -> None:
+    """Validate the sampler flags that ``generate``, ``sweep`` and ``eval --pareto`` share, in the user's words."""
+    from studio.checks import check_choice, check_int, check_interval, check_number, check_seed
+    from studio.pipelines import SCHEDULERS
+
+    check_int("--steps", args.steps, 1, MAX_STEPS)
+    for w in args.guidance if isinstance(args.guidance, list) else [args.guidance]:
+        if w is not None:
+            check_number("--guidance", w, 0, MAX_GUIDANCE, meaning=" (1 = no guidance)")
+    check_number("--guidance-rescale", getattr(args, "guidance_rescale", 0.0), 0, 1, meaning=" (0 = off)")
+    check_interval("--guidance-interval", list(getattr(args, "guidance_interval", (0.0, 1.0))))
+    check_seed("--seed", getattr(args, "seed", 0))
+    if getattr(args, "scheduler", None) is not None:
+        check_choice("--scheduler", args.scheduler, SCHEDULERS)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder, model_world
+    from studio.checks import check_number, check_text
+    from studio.generation import DEFAULT_MODEL, eval_prompt_texts, generate, model_world, progress_bar, write_samples
+    from studio.io import check_output_dir
+    from studio.worlds import get_world
 
     modality = "image" if args.modality == "image" else "audio"
-    model = args.model or default_model(modality)
+    check_sampling_flags(args)
+    if args.length is not None:
+        check_number("--length", args.length, 0.001, 600)
+    if args.adapter is not None and not args.adapter.is_file():
+        raise ValueError(f"--adapter {str(args.adapter)!r} is not a file; pass RUN_DIR/adapter.safetensors")
+    check_number("--adapter-scale", args.adapter_scale, -MAX_ADAPTER_SCALE, MAX_ADAPTER_SCALE)
+    check_output_dir(args.out)
+    model = args.model or DEFAULT_MODEL[modality]
+    world = get_world(args.world or model_world(model, modality)).name
     if args.prompt_set == "eval":
         if args.prompt is not None:
             raise ValueError("give either PROMPT or --prompt-set eval, not both")
-        prompts = eval_prompt_texts(args.world or model_world(model, modality))
+        prompts = eval_prompt_texts(world)
     else:
-        prompts = [args.prompt or ""]
-    request = GenerateRequest(
-        modality=modality,
-        prompts=prompts,
-        n=args.n,
-        model=model,
-        negative_prompt=args.negative_prompt,
-        steps=args.steps,
-        guidance=args.guidance,
-        guidance_rescale=args.guidance_rescale,
-        guidance_interval=tuple(args.guidance_interval),
-        seed=args.seed,
-        scheduler=args.scheduler,
-        audio_length_in_s=args.length,
-        out=args.out,
-        world=args.world,
-        adapter=args.adapter,
-        adapter_scale=args.adapter_scale,
-    )
-    out = generate_to_folder(request, progress=not args.quiet)
-    print(f"wrote {len(prompts) * args.n} {args.modality} samples, grid.png and manifest.json to {out}")
+        prompts = [check_text("prompt", args.prompt or "", 2000, example="a red circle")]
+    total = len(prompts) * args.n
+    if not 1 <= total <= MAX_SAMPLES:
+        raise ValueError(f"-n gives {total} samples; allowed 1 to {MAX_SAMPLES}")
+    with progress_bar(f"generate {args.modality}", not args.quiet) as bar:
+        samples = generate(
+            model,
+            prompts,
+            modality=modality,
+            num_per_prompt=args.n,
+            negative_prompt=args.negative_prompt,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            guidance_rescale=args.guidance_rescale,
+            guidance_interval=tuple(args.guidance_interval),
+            seed=args.seed,
+            scheduler=args.scheduler,
+            audio_length_in_s=args.length,
+            adapters=[(args.adapter, args.adapter_scale)] if args.adapter is not None else [],
+            progress=bar,
+        )
+    write_samples(samples, args.out, world=world)
+    print(f"wrote {len(samples)} {args.modality} samples, grid.png and manifest.json to {args.out}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from studio.judges.evaluate import evaluate_folder, write_report
+    from studio.evaluation import evaluate_folder, write_report
 
     if args.pareto is not None:
         return cmd_pareto(args)
@@ -231,13 +267,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_model(modality: str) -> str:
-    """The embedded base model of a modality (``image`` or ``audio``)."""
-    return "shapes" if modality == "image" else "synth"
-
-
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from studio.pareto import DEFAULT_LAMBDAS, DEFAULT_SCALES, pareto_eval
+    from studio.evaluation.pareto import DEFAULT_LAMBDAS, DEFAULT_SCALES, pareto_eval
+    from studio.generation import DEFAULT_MODEL
 
     if args.folder is not None or args.out is None:
         raise ValueError("--pareto writes a new folder: give --out DIR and no samples FOLDER")
@@ -248,8 +280,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             raise ValueError(f"--student {item!r} must be LABEL=MODEL, e.g. --student 'beta 0.5'=runs/d/model")
         students[label] = model
     modality = "image" if args.pareto == "image" else "audio"
+    check_sampling_flags(args)
     report = pareto_eval(
-        args.model or default_model(modality),
+        args.model or DEFAULT_MODEL[modality],
         modality,
         out=args.out,
         students=students,
@@ -267,11 +300,13 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from studio.sweep import guidance_sweep
+    from studio.evaluation import guidance_sweep
+    from studio.generation import DEFAULT_MODEL
 
     modality = "image" if args.modality == "image" else "audio"
+    check_sampling_flags(args)
     report = guidance_sweep(
-        args.model or default_model(modality),
+        args.model or DEFAULT_MODEL[modality],
         modality,
         args.guidance,
         out=args.out,
@@ -293,8 +328,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import torch
-
     from studio.config import apply_overrides
     from studio.recipes import RECIPES, get_recipe, run_config
 
@@ -306,12 +339,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         config = dataclasses.replace(config, out=args.out)
     command = "mixstudio " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-    try:
-        result = run_config(config, command=command)
-    finally:
-        # a data-parallel process that exits with its process group alive can abort in the backend's teardown
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    result = run_config(config, command=command)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary for a data-parallel run, from its first process
         print(result)
     return 0

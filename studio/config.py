@@ -48,7 +48,9 @@ def apply_overrides(config: T, overrides: list[str]) -> T:
     """Return a copy of ``config`` with ``key=value`` overrides applied (dotted keys reach nested configs).
 
     Values are parsed by the field's type: ``int``, ``float``, ``bool`` (true/false/1/0), ``str``,
-    ``Path``, ``X | None`` (``none``), tuples/lists (comma separated) and ``Literal``. The overrides are
+    ``Path``, ``X | None`` (``none``), tuples/lists (comma separated) and ``Literal``. A dict field (an adapter's
+    ``{"method": ..., **options}``) keeps its values as text for the config that owns it, which parses them by
+    the fields of the class its method names (:func:`studio.adapters.config_from_options`). The overrides are
     applied together, so a config validates them as one change: ``sample_steps=3`` and ``backprop_steps=3``
     pass in either order even where ``backprop_steps <= sample_steps`` is checked.
 
@@ -77,15 +79,15 @@ def _record(config: Any, path: list[str], raw: str, full_key: str, changes: _Cha
     if name not in fields:
         raise ValueError(f"unknown config key {full_key!r}; known keys here: {sorted(fields)}")
     current = getattr(config, name)
-    if len(path) == 2 and isinstance(current, dict):  # free-form options, e.g. --set adapter.rank=8
-        changes[name] = {**changes.get(name, current), path[1]: _parse_scalar(raw)}
+    if len(path) == 2 and isinstance(current, dict):  # options whose types the owning config knows: adapter.rank=8
+        changes[name] = {**changes.get(name, current), path[1]: raw}
     elif len(path) > 1:
         nested = changes.setdefault(name, _Changes())
         if not isinstance(nested, _Changes):
             raise ValueError(f"override {full_key!r} conflicts with an earlier override of {name!r}")
         _record(current, path[1:], raw, full_key, nested)
     else:
-        changes[name] = _parse(typing.get_type_hints(type(config))[name], raw, full_key)
+        changes[name] = parse_value(typing.get_type_hints(type(config))[name], raw, full_key)
 
 
 def _apply(config: Any, changes: _Changes) -> Any:
@@ -97,7 +99,12 @@ def _apply(config: Any, changes: _Changes) -> Any:
     return dataclasses.replace(config, **values)
 
 
-def _parse(tp: Any, raw: str, key: str) -> Any:
+def parse_value(tp: Any, raw: str, key: str) -> Any:
+    """``raw`` (text from ``--set key=raw``) as a value of type ``tp``.
+
+    Raises:
+        ValueError: naming ``key`` and the type expected.
+    """
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if raw.lower() in ("none", "null") and type(None) in args:
@@ -105,7 +112,7 @@ def _parse(tp: Any, raw: str, key: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _parse(arg, raw, key)
+                return parse_value(arg, raw, key)
             except ValueError as err:
                 errors.append(str(err))
         raise ValueError(errors[0])
@@ -115,7 +122,7 @@ def _parse(tp: Any, raw: str, key: str) -> Any:
         return next(a for a in args if str(a) == raw)
     if origin in (tuple, list):
         inner = args[0] if args else str
-        items = [_parse(inner, part.strip(), key) for part in raw.split(",") if part.strip()]
+        items = [parse_value(inner, part.strip(), key) for part in raw.split(",") if part.strip()]
         return tuple(items) if origin is tuple else items
     if tp is bool:
         if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -127,22 +134,6 @@ def _parse(tp: Any, raw: str, key: str) -> Any:
         except ValueError:
             raise ValueError(f"--set {key}={raw}: expected {tp.__name__}") from None
     raise ValueError(f"--set {key}: fields of type {tp} cannot be set from the command line")
-
-
-def _parse_scalar(raw: str) -> Any:
-    """A value of a free-form options dict: int, float, true/false, none, a comma list, or else the string."""
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    if raw.lower() in ("none", "null"):
-        return None
-    if "," in raw:
-        return [_parse_scalar(part.strip()) for part in raw.split(",") if part.strip()]
-    for tp in (int, float):
-        try:
-            return tp(raw)
-        except ValueError:
-            pass
-    return raw
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

@@ -125,13 +125,29 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
     return array
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Save a mono float waveform ``(T,)`` in [-1, 1] as 16-bit PCM WAV (atomically)."""
+def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A mono float waveform ``(T,)`` in [-1, 1] encoded as a 16-bit PCM WAV file."""
     import soundfile as sf
 
     buffer = io.BytesIO()
     sf.write(buffer, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Save a mono float waveform ``(T,)`` in [-1, 1] as 16-bit PCM WAV (atomically)."""
+    atomic_write_bytes(Path(path), wav_bytes(audio, sample_rate))
+
+
+def as_written(audio: np.ndarray) -> np.ndarray:
+    """The float32 waveform that :func:`read_wav` returns for ``audio`` after :func:`write_wav` (16-bit rounding).
+
+    Scoring this in memory gives exactly what scoring the written file gives.
+    """
+    import soundfile as sf
+
+    data, _ = sf.read(io.BytesIO(wav_bytes(audio)), dtype="float32", always_2d=True)
+    return data[:, 0]
 
 
 def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -9,8 +9,8 @@ Worked example: ``interpolate("runs/a", "runs/b", alpha=0.25)`` returns a pipeli
 ``0.75·θ_a + 0.25·θ_b``; every other component (scheduler, VAE, codec, text encoder) is the first
 source's, and their configs must match across sources.
 
-Adapters of one base model merge by strength: :func:`applied_adapters` puts them on a UNet together, adapter
-``i`` at strength ``w_i``. Additive adapters (LoRA, DiffuseKronA, LoKr) then give exactly
+Adapters of one base model merge by strength: ``studio.adapters.applied_adapters`` puts them on a UNet together,
+adapter ``i`` at strength ``w_i``. Additive adapters (LoRA, DiffuseKronA, LoKr) then give exactly
 ``W + Σ w_i ΔW_i``, the weight-space combination of the adapted models when ``Σ w_i = 1``; orthogonal
 ones compose as ``W·R_1(w_1)ᵀ·R_2(w_2)ᵀ⋯``, each ``R_i(w)`` a rotation (or reflection) for every ``w``,
 so the merge stays on the group instead of averaging rotations into a non-orthogonal matrix.
@@ -19,18 +19,16 @@ so the merge stays on the group instead of averaging rotations into a non-orthog
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from studio.io import atomic_dir, atomic_write_text, check_output_dir
-from studio.models.zoo import EMBEDDED
-from studio.pipelines import PIPELINES, Modality, StudioDiffusionPipeline, load_pipeline
+from studio.pipelines import Modality, StudioDiffusionPipeline, load_pipeline, model_modality
 
 #: Components besides the UNet whose configs must agree for a merge to mean anything.
 _SHARED_COMPONENTS = ("vae", "codec")
@@ -113,21 +111,6 @@ def _check_same_layout(ref: Mapping[str, torch.Tensor], other: Mapping[str, torc
             )
 
 
-def pipeline_modality(source: str | Path) -> Modality:
-    """The modality of an embedded name or a pipeline folder (``audio`` for music pipelines, else ``image``)."""
-    if str(source) in EMBEDDED:
-        return EMBEDDED[str(source)].modality
-    index = Path(source) / "model_index.json"
-    if index.is_file():
-        try:
-            data = json.loads(index.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{str(index)!r} is not valid JSON ({err}); re-save the pipeline") from None
-        by_class = {cls.__name__: modality for modality, cls in PIPELINES.items()}
-        return by_class.get(data.get("_class_name"), "audio" if "codec" in data else "image")  # type: ignore
-    return "image"
-
-
 def check_mergeable(pipelines: Sequence[StudioDiffusionPipeline], names: Sequence[str]) -> None:
     """Refuse pipelines whose UNets (or shared components) differ in architecture.
 
@@ -195,7 +178,7 @@ def merge_pipelines(
         check_output_dir(out)
     names = [str(s) for s in sources]
     if modality is None:
-        modalities = [pipeline_modality(s) for s in sources]
+        modalities = [model_modality(s) for s in sources]
         odd = next((i for i, m in enumerate(modalities) if m != modalities[0]), None)
         if odd is not None:
             raise ValueError(
@@ -238,7 +221,7 @@ def merge_adapter_files(
     check_weights(strengths, len(adapters))
     if out is not None:
         check_output_dir(out)
-    pipe = load_pipeline(base, modality or pipeline_modality(base))
+    pipe = load_pipeline(base, modality or model_modality(base))
     pipe = adapted_pipeline(pipe, list(zip(adapters, strengths, strict=True)), base_model_id=str(base))
     if out is not None:
         record = {
@@ -309,30 +292,6 @@ class LiveMerge:
         return out
 
 
-@contextlib.contextmanager
-def applied_adapters(unet: torch.nn.Module, adapters: Sequence[tuple[str | Path, float]]) -> Iterator[list[str]]:
-    """Context: the adapter files on ``unet``, file ``i`` at strength ``w_i``; removed again on exit.
-
-    Args:
-        unet: the model (modified inside the context only, also when the body raises).
-        adapters: ``(adapter file, strength)`` pairs; an empty list leaves ``unet`` as it is.
-
-    Yields:
-        The adapter names used on ``unet``.
-
-    Raises:
-        ValueError: for a file that does not fit ``unet`` or a non-finite strength (nothing stays applied).
-    """
-    from studio.adapters import delete_adapter
-
-    names = _load_adapters(unet, adapters)
-    try:
-        yield names
-    finally:
-        for name in reversed(names):
-            delete_adapter(unet, name)
-
-
 def adapted_pipeline(
     pipeline: StudioDiffusionPipeline,
     adapters: Sequence[tuple[str | Path, float]],
@@ -344,34 +303,12 @@ def adapted_pipeline(
     ``pipeline`` is not modified; the copy saves with ``save_pretrained`` like any model. With ``base_model_id``,
     an adapter saved for another base model is refused (``load_adapter``'s check).
     """
-    from studio.adapters import bake_adapters
+    from studio.adapters import bake_adapters, load_adapters
 
     pipe = _fresh_pipeline(pipeline)
-    _load_adapters(pipe.unet, adapters, base_model_id)
+    load_adapters(pipe.unet, adapters, base_model_id=base_model_id)
     bake_adapters(pipe.unet)
     return pipe
-
-
-def _load_adapters(
-    unet: torch.nn.Module, adapters: Sequence[tuple[str | Path, float]], base_model_id: str | None = None
-) -> list[str]:
-    """Load each file as adapter ``merge-<i>`` at its strength; on any error remove those loaded and re-raise."""
-    from studio.adapters import delete_adapter, load_adapter, set_adapter_scale
-
-    names: list[str] = []
-    try:
-        for i, (path, strength) in enumerate(adapters):
-            if not math.isfinite(strength):
-                raise ValueError(f"adapter strength must be a finite number, got {strength} for {Path(path).name!r}")
-            name = f"merge-{i}"
-            load_adapter(unet, path, name=name, base_model_id=base_model_id)
-            names.append(name)
-            set_adapter_scale(unet, name, float(strength))
-    except BaseException:
-        for name in reversed(names):
-            delete_adapter(unet, name)
-        raise
-    return names
 
 
 def _fresh_pipeline(template: StudioDiffusionPipeline) -> StudioDiffusionPipeline:

@@ -79,16 +79,25 @@ class WithOptions:
     options: dict = field(default_factory=lambda: {"method": "lora", "rank": 4})
 
 
-def test_overrides_set_keys_of_a_free_form_options_dict_by_value_shape():
-    c = apply_overrides(
-        WithOptions(),
-        ["options.method=oft", "options.block_size=8", "options.eps=0.5", "options.coft=true", "options.k=none"],
-    )
-    assert c.options == {"method": "oft", "rank": 4, "block_size": 8, "eps": 0.5, "coft": True, "k": None}
-    assert apply_overrides(WithOptions(), ["options.targets=to_q, to_v"]).options["targets"] == ["to_q", "to_v"]
+def test_options_dict_values_stay_text_for_the_config_that_owns_them():
+    c = apply_overrides(WithOptions(), ["options.method=oft", "options.block_size=8"])
+    assert c.options == {"method": "oft", "rank": 4, "block_size": "8"}
     assert WithOptions().options == {"method": "lora", "rank": 4}  # the default is not mutated
     with pytest.raises(ValueError, match="not a nested config"):
         apply_overrides(WithOptions(), ["options.rank.x=1"])
+
+
+def test_adapter_options_are_parsed_by_the_methods_field_types_not_guessed():
+    from studio.recipes import get_recipe
+
+    cfg = apply_overrides(get_recipe("finetune"), ["adapter.method=oft", "adapter.block_size=8", "adapter.coft=true"])
+    assert cfg.adapter == {"method": "oft", "block_size": 8, "coft": True}
+    lokr = apply_overrides(get_recipe("finetune"), ["adapter.method=lokr", "adapter.alpha=8", "adapter.a1=none"])
+    assert lokr.adapter == {"method": "lokr", "alpha": 8.0, "a1": None} and isinstance(lokr.adapter["alpha"], float)
+    with pytest.raises(ValueError, match=r"adapter\.block_size=eight: expected int"):
+        apply_overrides(get_recipe("finetune"), ["adapter.method=oft", "adapter.block_size=eight"])
+    with pytest.raises(ValueError, match=r"OFTConfig has no fields \['rank'\]"):
+        apply_overrides(get_recipe("finetune"), ["adapter.method=oft", "adapter.rank=8"])
 
 
 @dataclass(kw_only=True)

@@ -95,10 +95,13 @@ def test_generate_over_the_eval_prompt_set(tmp_path, capsys, tiny_model_dir):
     ("args", "message"),
     [
         (["generate", "image", ""], "prompt is empty"),
-        (["generate", "image", "a red circle", "--steps", "0"], "--steps must be between 1 and 1000"),
-        (["generate", "image", "a red circle", "--steps", "100000"], "--steps must be between 1 and 1000"),
+        (["generate", "image", "a red circle", "--steps", "0"], "--steps must be a whole number from 1 to 1000"),
+        (["generate", "image", "a red circle", "--steps", "100000"], "--steps must be a whole number from 1 to 1000"),
         (["generate", "image", "a red circle", "--guidance", "nan"], "--guidance must be a finite number"),
-        (["generate", "image", "a red circle", "--guidance-rescale", "1.5"], "--guidance-rescale must be a number in"),
+        (
+            ["generate", "image", "a red circle", "--guidance-rescale", "1.5"],
+            "--guidance-rescale must be a finite number from 0 to 1",
+        ),
         (["generate", "image", "a red circle", "--guidance-interval", "0.6", "0.2"], "--guidance-interval must"),
         (["generate", "image", "a red circle", "-n", "1000"], "allowed 1 to 256"),
         (["generate", "image", "a red circle", "--scheduler", "plms"], "--scheduler 'plms' is unknown"),
@@ -125,8 +128,11 @@ def test_generate_refuses_a_file_as_output(tmp_path, capsys, tiny_model_dir):
 
 
 @pytest.mark.parametrize(("modality", "expected"), [("image", 2.0), ("audio", 4.0)])
-def test_the_default_guidance_is_the_modalitys_own_and_an_explicit_one_is_kept(tmp_path, modality, expected):
-    from studio.generate import GenerateRequest
+def test_the_default_guidance_is_the_modalitys_own_and_an_explicit_one_is_kept(
+    modality, expected, tiny_embedded_pipeline, make_tiny_music
+):
+    from studio import generate
 
-    assert GenerateRequest(modality=modality, prompts=["a tune"], out=tmp_path / "a").guidance == expected
-    assert GenerateRequest(modality=modality, prompts=["a tune"], guidance=1.5, out=tmp_path / "b").guidance == 1.5
+    pipe = tiny_embedded_pipeline if modality == "image" else make_tiny_music(0)
+    assert generate(pipe, "a tune", num_inference_steps=1).settings["guidance"] == expected
+    assert generate(pipe, "a tune", num_inference_steps=1, guidance_scale=1.5).settings["guidance"] == 1.5

@@ -13,10 +13,10 @@ from studio.merging import (
     merge_adapter_files,
     merge_pipelines,
     merge_state_dicts,
-    pipeline_modality,
 )
 from studio.models.unet import build_unet
 from studio.pipelines import StudioImagePipeline, load_pipeline
+from studio.pipelines import model_modality as pipeline_modality
 
 
 def tiny_image_pipeline(seed: int, channels=(16, 32)) -> StudioImagePipeline:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from studio.cli import main
+from studio.evaluation import evaluate_folder
+from studio.evaluation.pareto import ParetoPoint, pareto_eval, plot_series
 from studio.io import read_image
-from studio.judges.evaluate import evaluate_folder
 from studio.models.unet import with_guidance_input
-from studio.pareto import ParetoPoint, pareto_eval, plot_series
 from studio.pipelines import StudioImagePipeline
 
 
@@ -27,6 +27,7 @@ def perturbed_student(tiny_shapes_folder, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_pareto_scores_cfg_students_and_merges_with_both_judges(
     tmp_path, capsys, tiny_shapes_folder, perturbed_student
 ):
@@ -78,7 +79,7 @@ def test_pareto_rejects_bad_settings_before_sampling(
     def sample(*args, **kwargs):
         raise AssertionError("sampled before the settings were checked")
 
-    monkeypatch.setattr("studio.pareto.generate_and_score", sample)
+    monkeypatch.setattr("studio.evaluation.pareto.sample_and_score", sample)
     out = tmp_path / "pareto"
     args = ["--quiet", "eval", "--pareto", "image", "--model", str(tiny_shapes_folder), "--out", str(out), *extra]
     if "--quality" not in extra:
@@ -89,6 +90,7 @@ def test_pareto_rejects_bad_settings_before_sampling(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_guidance_conditioned_student_is_scored_at_every_w_of_the_cfg_curve(tmp_path, tiny_shapes_folder):
     pipe = StudioImagePipeline.from_pretrained(tiny_shapes_folder)
     pipe.unet = with_guidance_input(pipe.unet)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from studio.cli import main
+from studio.evaluation import evaluate_folder
 from studio.io import read_image
-from studio.judges.evaluate import evaluate_folder
 
 
 def test_sweep_scores_each_guidance_scale_like_mixstudio_eval(tmp_path, capsys, tiny_shapes_folder):

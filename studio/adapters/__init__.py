@@ -22,7 +22,7 @@ from studio.adapters.inject import (
     trainable_parameters,
     unmerge_adapters,
 )
-from studio.adapters.io import load_adapter, read_adapter_header, save_adapter
+from studio.adapters.io import applied_adapters, load_adapter, load_adapters, read_adapter_header, save_adapter
 from studio.adapters.layer import AdapterLayer
 from studio.adapters.peft_interop import export_peft_lora, export_peft_oft, import_peft_lora
 from studio.adapters.registry import (
@@ -38,6 +38,7 @@ from studio.adapters.registry import (
     OFTConfig,
     QGOFTConfig,
     config_from_dict,
+    config_from_options,
     config_to_dict,
 )
 
@@ -63,8 +64,10 @@ __all__ = [
     "adapter_state_dict",
     "adapter_targets",
     "add_adapter",
+    "applied_adapters",
     "bake_adapters",
     "config_from_dict",
+    "config_from_options",
     "config_to_dict",
     "delete_adapter",
     "disable_adapters",
@@ -74,6 +77,7 @@ __all__ = [
     "import_peft_lora",
     "layers_with",
     "load_adapter",
+    "load_adapters",
     "merge_adapters",
     "orthogonality_penalty",
     "read_adapter_header",

@@ -12,9 +12,12 @@ ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 
 from studio.adapters.base import layer_shape
-from studio.adapters.inject import adapter_state_dict, add_adapter, layers_with
+from studio.adapters.inject import adapter_state_dict, add_adapter, delete_adapter, layers_with, set_adapter_scale
 from studio.adapters.layer import AdapterLayer
 from studio.adapters.registry import AdapterConfig, adapter_class, config_from_dict, config_to_dict
 from studio.io import atomic_write_bytes
@@ -168,3 +171,48 @@ def load_adapter(
                 value.copy_(tensors[f"{module_name}.{key}"])
             layer.set_scale(name, scale[module_name] if isinstance(scale, dict) else scale)
     return wrapped
+
+
+def load_adapters(
+    unet: nn.Module, adapters: Sequence[tuple[str | Path, float]], *, base_model_id: str | None = None
+) -> list[str]:
+    """Load each file as adapter ``merge-<i>`` at its strength; on any error remove those loaded and re-raise."""
+    names: list[str] = []
+    try:
+        for i, (path, strength) in enumerate(adapters):
+            if not math.isfinite(strength):
+                raise ValueError(f"adapter strength must be a finite number, got {strength} for {Path(path).name!r}")
+            name = f"merge-{i}"
+            load_adapter(unet, path, name=name, base_model_id=base_model_id)
+            names.append(name)
+            set_adapter_scale(unet, name, float(strength))
+    except BaseException:
+        for name in reversed(names):
+            delete_adapter(unet, name)
+        raise
+    return names
+
+
+@contextlib.contextmanager
+def applied_adapters(
+    unet: nn.Module, adapters: Sequence[tuple[str | Path, float]], *, base_model_id: str | None = None
+) -> Iterator[list[str]]:
+    """Context: the adapter files on ``unet``, file ``i`` at strength ``w_i``; removed again on exit.
+
+    Args:
+        unet: the model (modified inside the context only, also when the body raises).
+        adapters: ``(adapter file, strength)`` pairs; an empty list leaves ``unet`` as it is.
+        base_model_id: refuse files saved for another base model (:func:`load_adapter`'s check).
+
+    Yields:
+        The adapter names used on ``unet``.
+
+    Raises:
+        ValueError: for a file that does not fit ``unet`` or a non-finite strength (nothing stays applied).
+    """
+    names = load_adapters(unet, adapters, base_model_id=base_model_id)
+    try:
+        yield names
+    finally:
+        for name in reversed(names):
+            delete_adapter(unet, name)

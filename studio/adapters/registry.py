@@ -6,6 +6,8 @@ Each method's config lives beside its adapter (``lora.py``, ``oft.py``, ...); th
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Mapping
 from typing import Any
 
 from studio.adapters.boft import BOFTAdapter, BOFTConfig
@@ -68,3 +70,27 @@ def config_from_dict(method: str, params: dict[str, Any]) -> AdapterConfig:
     if unknown:
         raise ValueError(f"{cls.__name__} has no fields {unknown}; allowed: {sorted(known)}")
     return cls(**params)
+
+
+def config_from_options(options: Mapping[str, Any], owner: str = "adapter") -> AdapterConfig:
+    """A config from ``{"method": name, **hyperparameters}`` whose values may be text (``--set adapter.rank=8``).
+
+    Text values are parsed by the type of the method's config field (``rank: int`` → ``8``), not guessed.
+
+    Raises:
+        ValueError: for a missing or unknown method, unknown fields, or values of the wrong type (naming
+            ``owner.field``).
+    """
+    from studio.config import parse_value
+
+    params = dict(options)
+    method = params.pop("method", None)
+    if method is None:
+        raise ValueError(f"{owner} needs a method, e.g. --set {owner}.method=lora")
+    if method not in METHODS:
+        raise ValueError(f"{owner}.method={method!r} is unknown; allowed: {sorted(METHODS)}")
+    hints = typing.get_type_hints(METHODS[method][0])
+    for key, value in params.items():
+        if isinstance(value, str) and key in hints and hints[key] is not str:
+            params[key] = parse_value(hints[key], value, f"{owner}.{key}")
+    return config_from_dict(method, params)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from typing import Literal
+
+from studio.checks import check_choice, check_interval, check_number
 
 MAX_IMAGES = 16
 MAX_CLIPS = 4
@@ -18,6 +22,7 @@ MAX_PROMPT_CHARS = 500
 MAX_SCALES = 8
 MAX_PER_PROMPT = 8
 MAX_ADAPTER_SCALE = 3.0
+Modality = Literal["image", "audio"]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -102,3 +107,28 @@ def check_name(name: str) -> None:
         raise ValueError(
             f"name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
+
+
+Progress = Callable[[float, str], None]
+"""The app's progress callback: ``progress(fraction, description)``."""
+
+
+def steps_reporter(progress: Progress | None, desc: str) -> Callable[[int, int], None] | None:
+    """A :func:`studio.generate` progress callback (steps done of total) that reports fractions to ``progress``."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(min(1.0, done / total), desc)
+
+
+def check_guidance_refinements(rescale: float, interval: tuple[float, float]) -> None:
+    """Guidance rescale in [0, 1] and a guidance interval ``0 <= low < high <= 1`` (see ``studio.guidance``)."""
+    check_number("guidance-rescale", rescale, 0, 1, meaning=" (0 = off)")
+    check_interval("guidance-interval", interval)
+
+
+def check_scheduler(name: str | None) -> None:
+    """A sampler name the model's schedule can take, or None/empty for the saved one."""
+    if name:
+        from studio import SCHEDULERS
+
+        check_choice("scheduler", name, SCHEDULERS)

@@ -17,9 +17,8 @@ from typing import Literal
 
 import torch
 
-from studio.merging import pipeline_modality
-from studio.models.zoo import EMBEDDED, model_dir
-from studio.pipelines import SCHEDULERS, Modality, StudioDiffusionPipeline, load_pipeline
+import studio
+from studio.app.inputs import Modality
 
 
 @dataclass
@@ -34,7 +33,7 @@ class ModelInfo:
     @property
     def index(self) -> Path:
         """The model's ``model_index.json``."""
-        folder = model_dir(self.source) if self.kind == "embedded" else Path(self.source)
+        folder = studio.model_dir(self.source) if self.kind == "embedded" else Path(self.source)
         return folder / "model_index.json"
 
 
@@ -67,15 +66,15 @@ class ModelCatalog:
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
         self.runs_dir, self.device, self.cache_size = Path(runs_dir), device, cache_size
         self.local = [_local_model(Path(folder)) for folder in local]
-        self._cache: OrderedDict[tuple, StudioDiffusionPipeline] = OrderedDict()
+        self._cache: OrderedDict[tuple, studio.StudioDiffusionPipeline] = OrderedDict()
         self._lock = threading.RLock()
 
     def list(self, modality: Modality | None = None) -> list[ModelInfo]:
         """Embedded models that are present, then the pipeline folders under ``runs_dir``, by name."""
         found = []
-        for name, embedded in EMBEDDED.items():
+        for name, embedded in studio.EMBEDDED.items():
             try:
-                model_dir(name)
+                studio.model_dir(name)
             except ValueError:
                 continue
             found.append(ModelInfo(name=name, modality=embedded.modality, source=name, kind="embedded"))
@@ -84,7 +83,7 @@ class ModelCatalog:
             indexes = [*self.runs_dir.glob("*/model_index.json"), *self.runs_dir.glob("*/*/model_index.json")]
             for index in sorted(indexes):
                 try:
-                    kind = pipeline_modality(index.parent)
+                    kind = studio.model_modality(index.parent)
                 except ValueError:  # a broken folder is left out, not fatal to the listing
                     continue
                 name = "runs/" + index.parent.relative_to(self.runs_dir).as_posix()
@@ -155,21 +154,21 @@ class ModelCatalog:
         """Save time of a model (its ``model_index.json``), part of every cache key."""
         return info.index.stat().st_mtime_ns
 
-    def pipeline(self, model: str, scheduler: str | None = None) -> StudioDiffusionPipeline:
+    def pipeline(self, model: str, scheduler: str | None = None) -> studio.StudioDiffusionPipeline:
         """The loaded pipeline of a listed model, from the cache when possible.
 
         Raises:
             ValueError: for an unknown model or scheduler, or a folder that does not load.
         """
         info = self.resolve(model)
-        if scheduler is not None and scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler {scheduler!r} is unknown; use one of {sorted(SCHEDULERS)}")
+        if scheduler is not None and scheduler not in studio.SCHEDULERS:
+            raise ValueError(f"scheduler {scheduler!r} is unknown; use one of {sorted(studio.SCHEDULERS)}")
         key = (info.source, scheduler, self.version(info))
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-            pipe = load_pipeline(info.source, info.modality, scheduler=scheduler).to(self.device)
+            pipe = studio.load_pipeline(info.source, info.modality, scheduler=scheduler).to(self.device)
             self._cache[key] = pipe
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -201,4 +200,6 @@ def _local_model(folder: Path) -> ModelInfo:
     """
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"model folder {str(folder)!r} has no model_index.json; pass a saved pipeline folder")
-    return ModelInfo(name=str(folder), modality=pipeline_modality(folder), source=str(folder.absolute()), kind="local")
+    return ModelInfo(
+        name=str(folder), modality=studio.model_modality(folder), source=str(folder.absolute()), kind="local"
+    )

@@ -16,9 +16,7 @@ working folder::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import re
 import threading
 import time
@@ -30,39 +28,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import studio
 from studio.app.inputs import (
     MAX_CLIPS,
     MAX_IMAGES,
-    MAX_MERGE,
     MAX_PER_PROMPT,
+    Modality,
+    Progress,
     check_adapter_scale,
+    check_guidance_refinements,
     check_int,
     check_name,
     check_prompt,
     check_sampling,
     check_scales,
+    check_scheduler,
     parse_overrides,
     parse_scales,
+    steps_reporter,
 )
+from studio.app.merge import MergeActions, MergePreview  # noqa: F401 (the service's result types)
 from studio.app.models import AdapterInfo, ModelCatalog, ModelInfo
 from studio.app.training import TrainingJob, TrainingStatus, train_argv
 from studio.app.uploads import MAX_UPLOAD_BYTES, import_pipeline_zip
-from studio.config import apply_overrides
-from studio.generate import GenerateRequest, write_generated
-from studio.guidance import DEFAULT_GUIDANCE, DEFAULT_MUSIC_GUIDANCE
-from studio.io import atomic_dir, atomic_write_text
-from studio.merging import LiveMerge, adapted_pipeline, applied_adapters
-from studio.models.zoo import slider_pairs
-from studio.pipelines import SCHEDULERS, Modality
-from studio.pipelines.evaluation import generate_batch
-from studio.plots import spectrogram_image
-from studio.recipes import RECIPES, get_recipe
-from studio.sweep import SweepReport, guidance_sweep
-from studio.worlds import get_world
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[float, str], None]
 
 #: Settings the app owns when it starts a run: every path a trainer writes to stays inside the workdir.
 APP_OWNED_KEYS = ("out", "export", "class_dir")
@@ -92,25 +82,10 @@ class Generation:
 
 
 @dataclass
-class MergePreview:
-    """One sample of the live merge: ``image`` (for music, the clip's spectrogram) and ``audio`` for music.
-
-    ``models`` are the merged models, or adapters of the model ``base`` (then ``weights`` are strengths).
-    """
-
-    image: np.ndarray
-    audio: np.ndarray | None
-    sample_rate: int | None
-    models: list[str]
-    weights: list[float]
-    base: str | None = None
-
-
-@dataclass
 class Evaluation:
     """A guidance sweep run by the app: the report, its folder and its adherence-diversity plot."""
 
-    report: SweepReport
+    report: studio.SweepReport
     folder: Path
 
     @property
@@ -131,7 +106,7 @@ class Evaluation:
         ]
 
 
-class Studio:
+class Studio(MergeActions):
     """Model cache, device policy and every action of the app; files go only under ``workdir``.
 
     Args:
@@ -162,7 +137,7 @@ class Studio:
         self.models = ModelCatalog(self.runs_dir, self.device, cache_size, [Path(m) for m in models])
         self.max_upload_bytes, self.train_command = max_upload_bytes, train_command
         self._lock = threading.RLock()  # pipelines are not thread-safe (the scheduler holds state)
-        self._live: LiveMerge | None = None
+        self._live: studio.LiveMerge | None = None
         self._live_key: tuple | None = None
         self._job: TrainingJob | None = None
 
@@ -186,7 +161,7 @@ class Studio:
     @staticmethod
     def samplers() -> list[str]:
         """Sampler names a generation may ask for instead of the model's saved one."""
-        return sorted(SCHEDULERS)
+        return sorted(studio.SCHEDULERS)
 
     # ---- generation ----------------------------------------------------------------------------
     def generate_image(
@@ -196,7 +171,7 @@ class Studio:
         *,
         negative_prompt: str | None = None,
         steps: int = 25,
-        guidance: float = DEFAULT_GUIDANCE,
+        guidance: float = studio.default_guidance("image"),
         seed: int = 0,
         count: int = 1,
         scheduler: str | None = None,
@@ -230,7 +205,7 @@ class Studio:
         *,
         negative_prompt: str | None = None,
         steps: int = 25,
-        guidance: float = DEFAULT_MUSIC_GUIDANCE,
+        guidance: float = studio.default_guidance("audio"),
         seed: int = 0,
         count: int = 1,
         length_s: float | None = None,
@@ -267,219 +242,42 @@ class Studio:
         check_prompt(prompt)
         check_int("count", count, 1, MAX_IMAGES if modality == "image" else MAX_CLIPS)
         check_sampling(steps, guidance, seed)
+        check_guidance_refinements(guidance_rescale, guidance_interval)
+        check_scheduler(scheduler)
         if length_s is not None and not (isinstance(length_s, (int, float)) and 0 < length_s <= 60):
             raise ValueError(f"length must be a number of seconds in (0, 60], got {length_s!r}")
-        negative = negative_prompt or None
-        request = GenerateRequest(
-            modality=modality,
-            prompts=[prompt],
-            n=count,
-            model=info.source,
-            negative_prompt=negative,
-            steps=steps,
-            guidance=guidance,
-            guidance_rescale=guidance_rescale,
-            guidance_interval=guidance_interval,
-            seed=seed,
-            scheduler=scheduler or None,
-            audio_length_in_s=length_s,
-            adapter=adapters[0][0] if adapters else None,
-            adapter_scale=float(adapter_scale) if adapters else 1.0,
-            out=self._new_folder("outputs", "image" if modality == "image" else "music"),
-        )
+        out = self._new_folder("outputs", "image" if modality == "image" else "music")
         with self._lock:
-            pipe = self.models.pipeline(model, request.scheduler)
-            jobs = [(prompt, seed + k) for k in range(count)]
-            kwargs = _sampling_kwargs(steps, guidance, negative, length_s)
-            kwargs |= {"guidance_rescale": request.guidance_rescale, "guidance_interval": request.guidance_interval}
-            kwargs["callback_on_step_end"] = _ticker(progress, count * steps, f"sampling {count} x {steps} steps")
-            with applied_adapters(pipe.unet, adapters):
-                samples = generate_batch(pipe, [prompt] * count, [s for _, s in jobs], **kwargs)
-        folder = write_generated(request, get_world(request.world), jobs, samples)
+            samples = studio.generate(
+                self.models.pipeline(model, scheduler or None),
+                prompt,
+                num_per_prompt=count,
+                negative_prompt=negative_prompt or None,
+                num_inference_steps=steps,
+                guidance_scale=float(guidance),
+                guidance_rescale=float(guidance_rescale),
+                guidance_interval=tuple(guidance_interval),
+                seed=seed,
+                audio_length_in_s=float(length_s) if length_s else None,
+                adapters=adapters,
+                progress=steps_reporter(progress, f"sampling {count} x {steps} steps"),
+                name=info.source,
+            )
+        samples.settings |= {"scheduler": scheduler or "saved"}
+        folder = studio.write_samples(samples, out, world=studio.model_world(info.source, modality))
         suffix = ".png" if modality == "image" else ".wav"
         files = [folder / f"{i:04d}{suffix}" for i in range(count)]
-        rate = pipe.sample_rate if modality == "audio" else None
-        spectrograms = [spectrogram_image(s, rate) for s in samples] if rate else []
-        return Generation(folder=folder, files=files, samples=samples, spectrograms=spectrograms, sample_rate=rate)
-
-    # ---- merging -------------------------------------------------------------------------------
-    def merge_preview(
-        self,
-        models: list[str],
-        weights: list[float],
-        *,
-        prompt: str,
-        seed: int = 0,
-        steps: int = 25,
-        guidance: float = DEFAULT_GUIDANCE,
-        normalize: bool = True,
-        progress: Progress | None = None,
-    ) -> MergePreview:
-        """Merge the UNets of ``models`` with ``weights`` in memory and sample one fixed-seed preview.
-
-        The sources are loaded once per set of models; moving a weight only re-merges (no disk I/O). Listed
-        adapters of one base model merge too: each is applied at its weight as strength (see
-        ``studio.merging``: additive adapters sum exactly, orthogonal ones stay rotations).
-
-        Args:
-            models: two to ``MAX_MERGE`` listed models of one architecture, or listed adapters of one model (of one
-                method, or of several: each applies in turn at its strength).
-            weights: one per model; with ``normalize`` they are divided by their sum (the preview reports the
-                weights used), else used as given (an affine combination, see ``studio.merging``).
-            prompt, seed, steps, guidance: the preview's sampling settings.
-            progress: called with ``(fraction, description)`` while merging and at every sampler step.
-
-        Raises:
-            ValueError: for fewer than two or repeated models, bad weights, mismatched architectures, models
-                mixed with adapters, adapters of different models, or sampling settings out of range.
-        """
-        check_prompt(prompt)
-        check_sampling(steps, guidance, seed)
-        kwargs = _sampling_kwargs(steps, guidance, None, None)
-        kwargs["callback_on_step_end"] = _ticker(progress, steps, f"sampling the preview ({steps} steps)")
-        if progress is not None:
-            progress(0.0, "loading and merging")
-        with self._lock:
-            adapters = self._merged_adapters(models, weights, normalize)
-            if adapters is not None:
-                base, pairs = adapters
-                pipe = self.models.pipeline(base)
-                with applied_adapters(pipe.unet, pairs):
-                    sample = generate_batch(pipe, [prompt], [seed], **kwargs)[0]
-                used = [w for _, w in pairs]
-            else:
-                base, live, used = None, *self._live_merge(models, weights, normalize)
-                pipe = live.set_weights(used)
-                sample = generate_batch(pipe, [prompt], [seed], **kwargs)[0]
-        merged = {"models": list(models), "weights": used, "base": base}
-        if sample.ndim == 3:
-            return MergePreview(image=sample, audio=None, sample_rate=None, **merged)
-        rate = pipe.sample_rate
-        return MergePreview(image=spectrogram_image(sample, rate), audio=sample, sample_rate=rate, **merged)
-
-    def quality_diversity_pairs(self) -> dict[str, tuple[str, str]]:
-        """World → (quality student, diversity student): the shipped pairs behind the quality↔diversity slider."""
-        shipped = {m.name for m in self.list_models() if m.kind == "embedded"}
-        return {world: pair for world, pair in slider_pairs().items() if set(pair) <= shipped}
-
-    def quality_diversity_preview(
-        self,
-        world: str,
-        diversity: float,
-        *,
-        prompt: str,
-        seed: int = 0,
-        steps: int = 25,
-        progress: Progress | None = None,
-    ) -> MergePreview:
-        """Sample ``(1 − λ)·quality + λ·diversity`` of ``world``'s CFG-distilled students, unguided.
-
-        The students learnt to sample without guidance (one UNet call per step), so the preview uses none.
-
-        Raises:
-            ValueError: for a world without both students, λ outside [0, 1], or bad sampling settings.
-        """
-        pairs = self.quality_diversity_pairs()
-        if world not in pairs:
-            raise ValueError(f"world {world!r} ships no quality/diversity students; pick one of {sorted(pairs)}")
-        if not (isinstance(diversity, (int, float)) and 0 <= diversity <= 1):
-            raise ValueError(f"the diversity weight λ must be between 0 and 1, got {diversity}")
-        return self.merge_preview(
-            list(pairs[world]),
-            [1 - diversity, diversity],
-            prompt=prompt,
-            seed=seed,
-            steps=steps,
-            guidance=1.0,
-            normalize=False,
-            progress=progress,
+        rate = samples.sample_rate
+        spectrograms = [studio.spectrogram_image(s, rate) for s in samples.data] if rate else []
+        return Generation(
+            folder=folder, files=files, samples=samples.data, spectrograms=spectrograms, sample_rate=rate
         )
-
-    def save_merge(
-        self,
-        models: list[str],
-        weights: list[float],
-        name: str,
-        *,
-        normalize: bool = True,
-        progress: Progress | None = None,
-    ) -> ModelInfo:
-        """Save the merge of ``models`` with ``weights`` as the pipeline ``runs/<name>`` (atomically).
-
-        ``progress`` is called with ``(fraction, description)`` as it merges and as it writes.
-
-        Raises:
-            ValueError: for a bad or taken name, and everything :meth:`merge_preview` refuses.
-        """
-        out = self._new_run_folder(name)
-        report = progress or (lambda fraction, desc: None)
-        with self._lock:
-            report(0.0, "loading and merging")
-            adapters = self._merged_adapters(models, weights, normalize)
-            if adapters is not None:
-                base, pairs = adapters
-                pipe = adapted_pipeline(self.models.pipeline(base), pairs)
-                used = [w for _, w in pairs]
-                report(0.5, f"writing runs/{name}")
-                record = {"base": base, "adapters": list(models), "strengths": used, "rule": "adapters baked in"}
-                with atomic_dir(out) as tmp:
-                    pipe.save_pretrained(tmp)
-                    atomic_write_text(tmp / "merge.json", json.dumps(record, indent=2) + "\n")
-            else:
-                live, used = self._live_merge(models, weights, normalize)
-                live.set_weights(used)
-                report(0.5, f"writing runs/{name}")
-                live.save(out)
-        logger.info("saved merge of %s with weights %s to %s", models, used, out)
-        return self.resolve(f"runs/{name}")
-
-    def _adapter_of(self, adapter: str, model: str) -> AdapterInfo:
-        """The listed adapter ``adapter``, refused unless it was trained on ``model``."""
-        info = self.models.resolve_adapter(adapter)
-        if info.base != model:
-            raise ValueError(f"adapter {adapter!r} was trained on {info.base!r}, not {model!r}; pick that model")
-        return info
-
-    def _merged_adapters(
-        self, items: list[str], weights: list[float], normalize: bool
-    ) -> tuple[str, list[tuple[Path, float]]] | None:
-        """``(base model, [(file, strength)])`` when ``items`` are adapters; None when they are models."""
-        adapters = {a.name: a for a in self.list_adapters()}
-        picked = [adapters.get(item) for item in items]
-        if all(a is None for a in picked):
-            return None
-        used = _merge_weights(items, weights, normalize)
-        if any(a is None for a in picked):
-            model = items[picked.index(None)]
-            raise ValueError(
-                f"{model!r} is a model and the other picks are adapters; merge models with models, or adapters "
-                "of one model with each other"
-            )
-        bases = sorted({a.base for a in picked})
-        if len(bases) > 1:
-            raise ValueError(f"the adapters belong to different models {bases}; pick adapters of one model")
-        for w in used:
-            check_adapter_scale(w)
-        return bases[0], [(a.path, w) for a, w in zip(picked, used, strict=True)]
-
-    def _live_merge(self, models: list[str], weights: list[float], normalize: bool) -> tuple[LiveMerge, list[float]]:
-        used = _merge_weights(models, weights, normalize)
-        infos = [self.resolve(m) for m in models]
-        odd = next((i for i in infos if i.modality != infos[0].modality), None)
-        if odd is not None:
-            first = infos[0]
-            raise ValueError(f"cannot merge {first.name!r} ({first.modality}) with {odd.name!r} ({odd.modality})")
-        key = tuple((i.source, self.models.version(i)) for i in infos)
-        if key != self._live_key:
-            self._live = LiveMerge([self.models.pipeline(m) for m in models], [i.name for i in infos])
-            self._live_key = key
-        return self._live, used
 
     # ---- training ------------------------------------------------------------------------------
     @staticmethod
     def recipes() -> dict[str, str]:
         """Recipe names and their one-line descriptions."""
-        return {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in sorted(RECIPES.items())}
+        return {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in sorted(studio.RECIPES.items())}
 
     def start_training(self, recipe: str, overrides: list[str] | str = (), name: str | None = None) -> TrainingStatus:
         """Start ``mixstudio train RECIPE --set ... --out runs/<name>`` as a subprocess.
@@ -499,7 +297,7 @@ class Studio:
         owned = [o for o in items if o.partition("=")[0].strip() in APP_OWNED_KEYS]
         if owned:
             raise ValueError(f"override {owned[0]!r}: the app chooses where runs are written (runs/<name>); remove it")
-        apply_overrides(get_recipe(recipe), items)  # validates recipe, keys and values before starting
+        studio.apply_overrides(studio.get_recipe(recipe), items)  # validates recipe, keys and values before starting
         name = name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
         out = self._new_run_folder(name)
         argv = self.train_command(recipe, items, out)
@@ -550,7 +348,7 @@ class Studio:
         check_sampling(steps, 1.0, seed)
         out = self._new_folder("evals", re.sub(r"[^A-Za-z0-9._-]+", "-", info.name))
         with self._lock:
-            report = guidance_sweep(
+            report = studio.guidance_sweep(
                 info.source,
                 info.modality,
                 values,
@@ -585,41 +383,3 @@ class Studio:
         if out.exists():
             raise ValueError(f"runs/{name} already exists; choose another name")
         return out
-
-
-def _merge_weights(items: list[str], weights: list[float], normalize: bool) -> list[float]:
-    """Checked merge weights of 2 to ``MAX_MERGE`` distinct items, divided by their sum when ``normalize``."""
-    if not 2 <= len(items) <= MAX_MERGE:
-        raise ValueError(f"pick 2 to {MAX_MERGE} models to merge, got {len(items)}")
-    repeated = sorted({m for m in items if items.count(m) > 1})
-    if repeated:
-        raise ValueError(f"model {repeated[0]!r} is picked twice; pick different models")
-    if len(weights) != len(items) or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
-        raise ValueError(f"give one finite weight per model, got {list(weights)} for {len(items)} models")
-    used = [float(w) for w in weights]
-    if normalize:
-        total = sum(used)
-        if total <= 0:
-            raise ValueError(f"weights {used} sum to {total:g}; raise at least one weight above 0")
-        used = [w / total for w in used]
-    return used
-
-
-def _sampling_kwargs(steps: int, guidance: float, negative: str | None, length_s: float | None) -> dict:
-    kwargs = {"num_inference_steps": steps, "guidance_scale": float(guidance), "negative_prompt": negative}
-    if length_s:
-        kwargs["audio_length_in_s"] = float(length_s)
-    return kwargs
-
-
-def _ticker(progress: Progress | None, total: int, desc: str):
-    if progress is None:
-        return None
-    done = [0]
-
-    def tick(pipe, step, t, tensors):
-        done[0] += len(tensors["latents"])
-        progress(min(1.0, done[0] / total), desc)
-        return tensors
-
-    return tick

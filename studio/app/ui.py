@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
+import studio
 from studio.app.handlers import LOSS_COLUMNS, PROGRESS, Handlers
 from studio.app.inputs import (
     MAX_ADAPTER_SCALE,
@@ -27,8 +28,6 @@ from studio.app.inputs import (
 )
 from studio.app.service import Studio
 from studio.app.uploads import MAX_UPLOAD_BYTES
-from studio.guidance import default_guidance
-from studio.models.zoo import EMBEDDED
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +98,9 @@ def _model_picker(h: Handlers, modality: str | None, label: str = "model", elem_
 def _sampling_controls(prefix: str, steps: int = 25) -> tuple:
     with gr.Row():
         steps_box = gr.Slider(1, MAX_APP_STEPS, value=steps, step=1, label="steps", elem_id=f"{prefix}-steps")
-        guidance = gr.Slider(0, MAX_GUIDANCE, value=default_guidance(prefix), step=0.5, label="guidance (1 = none)")
+        guidance = gr.Slider(
+            0, MAX_GUIDANCE, value=studio.default_guidance(prefix), step=0.5, label="guidance (1 = none)"
+        )
         seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id=f"{prefix}-seed")
     return steps_box, guidance, seed
 
@@ -243,7 +244,7 @@ def _merge_tab(h: Handlers) -> tuple[list[gr.Dropdown], gr.events.Dependency]:
     )
 
     def world_prompt(name: str) -> str:
-        return DEFAULT_MUSIC_PROMPT if EMBEDDED[pairs[name][0]].modality == "audio" else DEFAULT_PROMPT
+        return DEFAULT_MUSIC_PROMPT if studio.EMBEDDED[pairs[name][0]].modality == "audio" else DEFAULT_PROMPT
 
     world.change(world_prompt, world, prompt, **LIGHT)
     save_inputs = [count, normalize, name, *models, *weights]

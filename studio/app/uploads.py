@@ -12,9 +12,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from studio.io import atomic_dir
-from studio.merging import pipeline_modality
-from studio.pipelines import load_pipeline
+import studio
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 #: Files an imported pipeline may hold: weights as safetensors (never pickles) and configs.
@@ -54,7 +52,7 @@ def import_pipeline_zip(
     if not zipfile.is_zipfile(archive):
         raise ValueError(f"upload {archive.name!r} is not a zip archive; zip the pipeline folder")
     report = progress or (lambda fraction, desc: None)
-    with zipfile.ZipFile(archive) as zf, atomic_dir(out, name="model name") as tmp:
+    with zipfile.ZipFile(archive) as zf, studio.atomic_dir(out, name="model name") as tmp:
         root = _checked_root(zf, 5 * max_bytes)
         report(0.0, "unpacking")
         for member in zf.infolist():
@@ -64,7 +62,7 @@ def import_pipeline_zip(
                 target.write_bytes(zf.read(member))
         _check_model_index(tmp / "model_index.json")
         report(0.5, "checking that the pipeline loads")
-        load_pipeline(tmp, pipeline_modality(tmp))  # refuse now what would fail to load later
+        studio.load_pipeline(tmp, studio.model_modality(tmp))  # refuse now what would fail to load later
     return out
 
 

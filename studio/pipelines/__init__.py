@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -10,7 +11,7 @@ import torch
 from studio.models.zoo import EMBEDDED, model_dir
 from studio.pipelines.base import SCHEDULERS, StudioDiffusionPipeline, make_scheduler
 from studio.pipelines.image import StudioImagePipeline
-from studio.pipelines.music import AudioPipelineOutput, StudioMusicPipeline
+from studio.pipelines.music import MusicPipelineOutput, StudioMusicPipeline
 
 Modality = Literal["image", "audio"]
 
@@ -22,6 +23,21 @@ def pipeline_class(modality: str) -> type[StudioDiffusionPipeline]:
     if modality not in PIPELINES:
         raise ValueError(f"unknown modality {modality!r}; use one of {sorted(PIPELINES)}")
     return PIPELINES[modality]
+
+
+def model_modality(source: str | Path) -> Modality:
+    """The modality of an embedded name or a pipeline folder (``audio`` for music pipelines, else ``image``)."""
+    if str(source) in EMBEDDED:
+        return EMBEDDED[str(source)].modality
+    index = Path(source) / "model_index.json"
+    if index.is_file():
+        try:
+            data = json.loads(index.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{str(index)!r} is not valid JSON ({err}); re-save the pipeline") from None
+        by_class = {cls.__name__: modality for modality, cls in PIPELINES.items()}
+        return by_class.get(data.get("_class_name"), "audio" if "codec" in data else "image")  # type: ignore
+    return "image"
 
 
 def load_pipeline(
@@ -61,11 +77,12 @@ def load_pipeline(
 __all__ = [
     "PIPELINES",
     "SCHEDULERS",
-    "AudioPipelineOutput",
+    "MusicPipelineOutput",
     "StudioDiffusionPipeline",
     "StudioImagePipeline",
     "StudioMusicPipeline",
     "load_pipeline",
     "make_scheduler",
+    "model_modality",
     "pipeline_class",
 ]

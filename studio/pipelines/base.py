@@ -128,6 +128,21 @@ class StudioDiffusionPipeline(DiffusionPipeline):
             raise ValueError("this pipeline has no text encoder; pass text_encoder= and tokenizer= to from_pretrained")
         return prompts
 
+    def check_callback_inputs(self, names: list[str] | None) -> list[str]:
+        """The tensors a step callback receives: ``names`` (default ``["latents"]``), each declared in
+        ``_callback_tensor_inputs``.
+
+        Raises:
+            ValueError: for a name the pipeline does not hand to callbacks.
+        """
+        names = list(names or ["latents"])
+        unknown = sorted(set(names) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {unknown} unknown; use {sorted(self._callback_tensor_inputs)}"
+            )
+        return names
+
     def encode_prompt(
         self,
         prompts: list[str],
@@ -214,18 +229,13 @@ class StudioDiffusionPipeline(DiffusionPipeline):
         """Run the sampler from noise ``latents`` to the final latents."""
         timesteps = self.prepare_timesteps(num_inference_steps)
         extra = {"generator": generator} if "generator" in _step_params(self.scheduler) else {}
+        names = self.check_callback_inputs(callback_on_step_end_tensor_inputs)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
                 noise = self.predict_noise(latents, t, embeds, mask, guidance)
                 latents = self.scheduler.step(noise, t, latents, **extra).prev_sample
                 if callback_on_step_end is not None:
                     available = {"latents": latents, "prompt_embeds": embeds}
-                    names = callback_on_step_end_tensor_inputs or ["latents"]
-                    unknown = sorted(set(names) - set(available))
-                    if unknown:
-                        raise ValueError(
-                            f"callback_on_step_end_tensor_inputs {unknown} unknown; use {sorted(available)}"
-                        )
                     result = callback_on_step_end(self, i, t, {name: available[name] for name in names})
                     latents = result.pop("latents", latents)
                 bar.update()

@@ -8,9 +8,22 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils import replace_example_docstring
 
 from studio.guidance import DEFAULT_GUIDANCE, Guidance
 from studio.pipelines.base import StepCallback, StudioDiffusionPipeline
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from studio.pipelines import load_pipeline
+
+        >>> pipe = load_pipeline("shapes", "image")  # or a Stable Diffusion folder: load_pipeline("path/to/sd")
+        >>> image = pipe("a red circle in the centre", guidance_scale=2.0, generator=torch.manual_seed(0)).images[0]
+        >>> image.save("red.png")
+        ```
+"""
 
 
 class StudioImagePipeline(StudioDiffusionPipeline):
@@ -91,6 +104,7 @@ class StudioImagePipeline(StudioDiffusionPipeline):
         return images.clamp(-1, 1)
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | list[str],
@@ -127,6 +141,9 @@ class StudioImagePipeline(StudioDiffusionPipeline):
             return_dict: return an ``ImagePipelineOutput`` instead of a tuple.
             callback_on_step_end: called as ``fn(pipe, step, timestep, {"latents": ...})`` after each step;
                 may return replacement tensors.
+            callback_on_step_end_tensor_inputs: which of ``_callback_tensor_inputs`` the callback receives.
+
+        Examples:
 
         Returns:
             ``ImagePipelineOutput(images=...)`` or ``(images,)``.

@@ -8,19 +8,32 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.utils import BaseOutput
+from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
+from diffusers.utils import replace_example_docstring
 
 from studio.guidance import DEFAULT_MUSIC_GUIDANCE, Guidance
 from studio.models.audio import MelCodec
 from studio.pipelines.base import StepCallback, StudioDiffusionPipeline
 
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from studio.pipelines import load_pipeline
+
+        >>> pipe = load_pipeline("synth", "audio")  # or StudioMusicPipeline.from_pretrained(folder)
+        >>> out = pipe("a fast minor tune with drums", guidance_scale=4.0, generator=torch.manual_seed(0))
+        >>> out.audios.shape, out.sample_rate  # (1, 32768) float32 at 16 kHz
+        ```
+"""
+
 
 @dataclass
-class AudioPipelineOutput(BaseOutput):
-    """Waveforms ``(B, T)`` (numpy or torch) at ``sample_rate``, and the generated mels ``(B, 1, M, F)``."""
+class MusicPipelineOutput(AudioPipelineOutput):
+    """diffusers' audio output, ``audios`` ``(B, T)`` (numpy or torch), plus their ``sample_rate`` and the generated
+    mels ``(B, 1, M, F)``. With ``return_dict=False`` the pipeline returns ``(audios,)``, as diffusers' do."""
 
-    audios: Any
-    sample_rate: int
+    sample_rate: int | None = None
     mels: Any = None
 
 
@@ -103,6 +116,7 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
         return self.codec.decode(mels.float().clamp(-1, 1))
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | list[str],
@@ -119,7 +133,7 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
-    ) -> AudioPipelineOutput | tuple:
+    ) -> MusicPipelineOutput | tuple:
         """Generate music clips for ``prompt``.
 
         Args:
@@ -129,10 +143,12 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
             audio_length_in_s: clip length (default: the training length).
             num_waveforms_per_prompt: clips per prompt.
             output_type: ``np`` (float32 ``(B, T)``), ``pt``, or ``latent`` (the mels, no vocoder).
-            return_dict: return an :class:`AudioPipelineOutput` instead of a tuple.
+            return_dict: return a :class:`MusicPipelineOutput` instead of a tuple.
+
+        Examples:
 
         Returns:
-            ``AudioPipelineOutput(audios, sample_rate, mels)`` or ``(audios, sample_rate)``.
+            ``MusicPipelineOutput(audios, sample_rate, mels)`` or ``(audios,)``.
         """
         # 1. Check inputs
         guidance = Guidance(guidance_scale, guidance_rescale, guidance_interval)
@@ -164,5 +180,5 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
             audios = audios.cpu().numpy().astype(np.float32)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return audios, self.sample_rate
-        return AudioPipelineOutput(audios=audios, sample_rate=self.sample_rate, mels=mels)
+            return (audios,)
+        return MusicPipelineOutput(audios=audios, sample_rate=self.sample_rate, mels=mels)

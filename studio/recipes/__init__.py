@@ -8,12 +8,23 @@ from pathlib import Path
 from typing import Any
 
 from studio.judges.train import JudgeTrainConfig
-from studio.trainers.autoencoder import AutoencoderConfig
-from studio.trainers.cfg_distill import CFGDistillConfig
-from studio.trainers.finetune import FinetuneConfig
-from studio.trainers.musicgen_distill import MusicgenDistillConfig
-from studio.trainers.pretrain import PretrainConfig
-from studio.trainers.reward_finetune import RewardFinetuneConfig
+from studio.trainers.autoencoder import AutoencoderConfig, AutoencoderTrainer
+from studio.trainers.base import Trainer
+from studio.trainers.cfg_distill import CFGDistillConfig, CFGDistillTrainer
+from studio.trainers.finetune import FinetuneConfig, FinetuneTrainer
+from studio.trainers.musicgen_distill import MusicgenDistillConfig, MusicgenDistillTrainer
+from studio.trainers.pretrain import PretrainConfig, PretrainTrainer
+from studio.trainers.reward_finetune import RewardFinetuneConfig, RewardFinetuneTrainer
+
+#: The one place a config type maps to the trainer that runs it (judges train by :func:`train_judge`).
+TRAINERS: dict[type, type[Trainer]] = {
+    AutoencoderConfig: AutoencoderTrainer,
+    PretrainConfig: PretrainTrainer,
+    CFGDistillConfig: CFGDistillTrainer,
+    FinetuneConfig: FinetuneTrainer,
+    MusicgenDistillConfig: MusicgenDistillTrainer,
+    RewardFinetuneConfig: RewardFinetuneTrainer,
+}
 
 
 def _judge(world: str, role: str) -> Callable[[], JudgeTrainConfig]:
@@ -351,25 +362,19 @@ def get_recipe(name: str) -> Any:
 
 
 def run_config(config: Any, command: str = "") -> Any:
-    """Run the trainer that owns ``config``'s type."""
-    from studio.judges.train import train_judge
-    from studio.trainers.autoencoder import AutoencoderTrainer
-    from studio.trainers.cfg_distill import CFGDistillTrainer
-    from studio.trainers.finetune import FinetuneTrainer
-    from studio.trainers.musicgen_distill import MusicgenDistillTrainer
-    from studio.trainers.pretrain import PretrainTrainer
-    from studio.trainers.reward_finetune import RewardFinetuneTrainer
+    """Run the trainer that owns ``config``'s type (:data:`TRAINERS`); returns its final metrics.
 
-    runners: dict[type, Callable[..., Any]] = {
-        JudgeTrainConfig: train_judge,
-        AutoencoderConfig: lambda config, command: AutoencoderTrainer(config, command=command).fit(),
-        PretrainConfig: lambda config, command: PretrainTrainer(config, command=command).fit(),
-        CFGDistillConfig: lambda config, command: CFGDistillTrainer(config, command=command).fit(),
-        FinetuneConfig: lambda config, command: FinetuneTrainer(config, command=command).fit(),
-        MusicgenDistillConfig: lambda config, command: MusicgenDistillTrainer(config, command=command).fit(),
-        RewardFinetuneConfig: lambda config, command: RewardFinetuneTrainer(config, command=command).fit(),
-    }
-    runner = runners.get(type(config))
-    if runner is None:
-        raise ValueError(f"no trainer for config type {type(config).__name__}")
-    return runner(config, command=command)
+    Raises:
+        ValueError: for a config type no trainer owns.
+    """
+    from studio.judges.train import train_judge
+    from studio.trainers.launch import run_trainer
+
+    if isinstance(config, JudgeTrainConfig):  # judges train with their own short loop (no diffusion model)
+        return train_judge(config, command=command)
+    trainer = TRAINERS.get(type(config))
+    if trainer is None:
+        raise ValueError(
+            f"no trainer for config type {type(config).__name__}; known: {[c.__name__ for c in TRAINERS]}"
+        )
+    return run_trainer(trainer(config, command=command))

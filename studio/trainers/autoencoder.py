@@ -7,7 +7,6 @@ whose ``scaling_factor`` brings the latents to unit variance, as Stable Diffusio
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +15,10 @@ from typing import Literal
 import torch
 from diffusers import AutoencoderKL
 
-from studio.config import to_dict
-from studio.io import atomic_dir, atomic_write_text, write_png
+from studio.io import write_png
 from studio.models.unet import norm_groups
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator, training_hardware
+from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.launch import training_hardware
 from studio.worlds import get_world, sample_seed
 from studio.worlds.base import to_array, to_tensor
 
@@ -143,14 +142,7 @@ class AutoencoderTrainer(Trainer):
         """Write the autoencoder to ``out/model`` with ``scaling_factor = 1 / latent std`` and a card."""
         model = self.vae
         model.register_to_config(scaling_factor=1.0 / metrics["latent_std"])
-        target = self.out / "model"
-        with atomic_dir(target, name="export") as tmp:
-            model.save_pretrained(tmp)
-            atomic_write_text(tmp / "train_config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
-            atomic_write_text(tmp / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
-            atomic_write_text(tmp / "README.md", self.model_card(metrics))
-        logger.info("exported %s", target)
-        return target
+        return self.write_model(model.save_pretrained, metrics, self.model_card(metrics))
 
     def model_card(self, metrics: dict[str, float]) -> str:
         cfg = self.config

@@ -20,10 +20,10 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,11 @@ from tqdm.auto import tqdm
 
 from studio.config import to_dict
 from studio.io import atomic_dir, atomic_write_text
+from studio.models.zoo import Role
+from studio.trainers.launch import check_process_count, make_accelerator
+
+if TYPE_CHECKING:
+    from studio.evaluation import EvalReport
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +69,8 @@ class TrainerConfig:
         num_workers: data processes that prepare the next steps' batches (:meth:`Trainer.load_batch`) while
             the model trains; 0 prepares each batch in the training process. Worth it where the model runs
             on an accelerator and rendering world samples on one CPU core would starve it.
+        grid_steps: sampler steps of the sample grids (and any images a trainer samples for itself, such as
+            DreamBooth's class images) drawn during training.
     """
 
     out: Path = Path("runs/run")
@@ -82,9 +89,10 @@ class TrainerConfig:
     resume: bool = True
     max_minutes: float | None = None
     num_workers: int = 0
+    grid_steps: int = 25
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+        for name in ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "grid_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not (0 < self.lr < 1):
@@ -105,17 +113,6 @@ def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def training_hardware(device: torch.device, processes: int = 1) -> str:
-    """What a run trained on, for model cards: ``1 NVIDIA H100 80GB HBM3``, ``2 CPU threads``, or with
-    data parallelism ``2 processes × 1 CPU thread``."""
-    if device.type == "cuda":
-        one = f"1 {torch.cuda.get_device_name(device)}"
-    else:
-        threads = torch.get_num_threads()
-        one = f"{threads} CPU thread{'s' if threads > 1 else ''}"
-    return one if processes == 1 else f"{processes} processes × {one}"
-
-
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the peak lr, then cosine decay to 10% of it at ``total`` steps."""
 
@@ -126,33 +123,6 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def make_accelerator(mixed_precision: str = "no") -> Accelerator:
-    """An ``Accelerator`` that also sees torchrun's processes on a machine without a GPU.
-
-    Launched as several processes (torchrun or ``accelerate launch``: ``WORLD_SIZE`` > 1) on a
-    machine with no CUDA device, accelerate finds no multi-device backend and, unless told
-    ``cpu=True``, runs each process as a lone copy: every rank would then train the whole batch
-    alone and write the same run folder.
-    """
-    cpu = launched_processes() > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-
-
-def launched_processes() -> int:
-    """How many processes the launcher (torchrun, ``accelerate launch``) started; 1 for a plain run."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def check_process_count(accelerator: Accelerator) -> None:
-    """Refuse an accelerator that runs fewer processes than the launcher started (each would train alone)."""
-    launched = launched_processes()
-    if accelerator.num_processes != launched:
-        raise RuntimeError(
-            f"launched as {launched} processes (WORLD_SIZE) but the accelerator runs {accelerator.num_processes}; "
-            "build it with studio.trainers.base.make_accelerator()"
-        )
 
 
 class Trainer(ABC):
@@ -198,6 +168,27 @@ class Trainer(ABC):
     def export(self, metrics: dict[str, float]) -> Path | None:
         """Write the final artefact (a pipeline folder, an adapter file) and its card; main process only."""
         return None
+
+    def write_model(self, save: Callable[[Path], None], metrics: dict[str, float], card: str | None) -> Path:
+        """The one export: ``out/model`` (and the config's ``export`` folder, if it has one), each written whole.
+
+        Each folder gets what ``save(folder)`` writes (``save_pretrained``), ``train_config.json``,
+        ``train_metrics.json`` and, given a card, ``README.md``; it is built in a temporary sibling and renamed.
+
+        Returns:
+            The last folder written.
+        """
+        export = getattr(self.config, "export", None)
+        targets = [self.out / "model"] + ([Path(export)] if export else [])
+        for target in targets:
+            with atomic_dir(target, name="export") as tmp:
+                save(tmp)
+                atomic_write_text(tmp / "train_config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
+                atomic_write_text(tmp / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
+                if card is not None:
+                    atomic_write_text(tmp / "README.md", card)
+        logger.info("exported %s", ", ".join(str(t) for t in targets))
+        return targets[-1]
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Tensors besides the trainable weights that a checkpoint must hold (e.g. EMA weights)."""
@@ -308,6 +299,46 @@ class Trainer(ABC):
 
     def after_step(self) -> None:
         """Hook after each optimizer step (EMA updates)."""
+
+    def sample_grid(
+        self,
+        pipe: Any,
+        prompts: Sequence[str],
+        *,
+        per_prompt: int = 2,
+        judge: Role | None = "eval",
+        seeds: Sequence[int] | None = None,
+        cols: int | None = None,
+        **sampling: Any,
+    ) -> EvalReport | None:
+        """Sample ``prompts`` (``grid_steps`` steps, seed 0), write ``samples/step-<step>.png``, and judge them.
+
+        Args:
+            pipe: the pipeline to sample (the trainer's current weights).
+            prompts: the grid's prompts, ``per_prompt`` samples each.
+            judge: the judge role that scores the samples against their prompts (None: the grid only).
+            seeds, cols: explicit seeds (:func:`studio.generate`) and grid columns (default: ``per_prompt``-wide).
+            sampling: further :func:`studio.generate` arguments (``guidance_scale``, ...).
+
+        Returns:
+            The judge's report (Fréchet distance skipped), or None without a judge. Needs ``self.world``.
+        """
+        from studio.evaluation import score_samples
+        from studio.generation import generate
+        from studio.io import write_png
+        from studio.plots import image_grid, spectrogram_grid
+
+        samples = generate(pipe, prompts, num_per_prompt=per_prompt, num_inference_steps=self.config.grid_steps,
+                           seeds=seeds, **sampling)  # fmt: skip
+        if samples.modality == "image":
+            grid = image_grid(samples.data[:64], cols=cols or per_prompt * max(1, 8 // per_prompt))
+        else:
+            grid = spectrogram_grid(samples.data[:16], samples.sample_rate, cols=cols or per_prompt)
+        (self.out / "samples").mkdir(parents=True, exist_ok=True)
+        write_png(self.out / "samples" / f"step-{self.step:08d}.png", grid)
+        if judge is None:
+            return None
+        return score_samples(samples.data, samples.prompts, self.world, role=judge, reference_size=0)
 
     def run_evaluate(self) -> dict[str, float]:
         if not self.accelerator.is_main_process:

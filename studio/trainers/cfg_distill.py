@@ -41,7 +41,8 @@ from studio.guidance import (
 from studio.models.unet import with_guidance_input
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler, gaussian_log_prob
-from studio.trainers.base import TrainerConfig, sample_generator, training_hardware
+from studio.trainers.base import TrainerConfig, sample_generator
+from studio.trainers.launch import training_hardware
 from studio.trainers.rewards import JudgeEmbedder, pair_diversity, pooled_statistics
 from studio.trainers.student import StudentTrainer
 from studio.worlds import sample_seed
@@ -285,7 +286,7 @@ class CFGDistillTrainer(StudentTrainer):
         A plain student samples unguided; a guidance-conditioned one at the teacher's ``guidance_scale``.
         """
         cfg = self.config
-        return self.sample_grid(cfg.sample_prompts, cfg.guidance_scale if cfg.guidance_conditioned else 1.0)
+        return self.student_grid(cfg.sample_prompts, cfg.guidance_scale if cfg.guidance_conditioned else 1.0)
 
     def model_card(self, metrics: dict[str, float]) -> str:
         cfg = self.config

@@ -30,7 +30,8 @@ from studio.adapters import (
     DEFAULT_TARGETS,
     adapter_state_dict,
     add_adapter,
-    config_from_dict,
+    config_from_options,
+    config_to_dict,
     orthogonality_penalty,
     save_adapter,
 )
@@ -105,10 +106,8 @@ class FinetuneConfig(TrainerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.world = world_of(self.base, self.world)
-        options = dict(self.adapter)
-        if "method" not in options:
-            raise ValueError("adapter needs a method, e.g. --set adapter.method=lora")
-        config_from_dict(options.pop("method"), options)  # raises naming the bad field
+        typed = config_to_dict(config_from_options(self.adapter))  # raises naming the bad field
+        self.adapter = {"method": self.adapter["method"], **{k: typed[k] for k in self.adapter if k != "method"}}
         if self.prior_weight < 0:
             raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
         if not self.data.instance_prompt.strip() or not self.data.class_prompt.strip():
@@ -151,8 +150,7 @@ class FinetuneTrainer(Trainer):
         self.instances = self.encode_data(read_concept_files(cfg.data.dir, self.world.modality, size))
         self.classes = self.class_samples() if cfg.prior_weight > 0 else None
 
-        options = dict(cfg.adapter)
-        adapter_config = config_from_dict(options.pop("method"), options)
+        adapter_config = config_from_options(cfg.adapter)
         generator = torch.Generator().manual_seed(cfg.seed)
         add_adapter(self.pipe.unet, ADAPTER, adapter_config, cfg.targets, generator=generator)
         text_encoder = None
@@ -184,7 +182,7 @@ class FinetuneTrainer(Trainer):
         missing ones are generated, by the main process. Every process reads the files back, so a resumed run
         and every data-parallel rank train on the same, file-rounded samples.
         """
-        from studio.pipelines.evaluation import generate_batch
+        from studio.generation import generate
 
         cfg = self.config
         folder = Path(cfg.class_dir) if cfg.class_dir is not None else self.out / "class_samples"
@@ -198,12 +196,12 @@ class FinetuneTrainer(Trainer):
         if have < cfg.class_samples:
             if self.accelerator.is_main_process:
                 folder.mkdir(parents=True, exist_ok=True)
-                kwargs = {"guidance_scale": cfg.class_guidance, "num_inference_steps": 25}
+                kwargs = {"guidance_scale": cfg.class_guidance, "num_inference_steps": cfg.grid_steps}
                 for start in range(have, cfg.class_samples, 16):
                     index = range(start, min(start + 16, cfg.class_samples))
                     seeds = [cfg.seed * 100_003 + i for i in index]
                     with torch.no_grad():
-                        arrays = generate_batch(self.pipe, [cfg.data.class_prompt] * len(seeds), seeds, **kwargs)
+                        arrays = generate(self.pipe, [cfg.data.class_prompt] * len(seeds), seeds=seeds, **kwargs).data
                     for i, array in zip(index, arrays, strict=True):
                         path = folder / f"class-{i:04d}{suffix}"
                         if image:
@@ -273,18 +271,11 @@ class FinetuneTrainer(Trainer):
     # ---- sampling and export ------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """A grid of the sample prompts (default guidance, 25 steps, 4 seeds each) under ``samples/``."""
-        from studio.pipelines.evaluation import generate_batch
-        from studio.plots import image_grid, spectrogram_grid
-
-        cfg = self.config
-        prompts = [p for p in cfg.sample_prompts for _ in range(4)]
+        prompts = list(self.config.sample_prompts)
+        seeds = list(range(4 * len(prompts)))
         with torch.no_grad(), self.ema_weights():
-            samples = generate_batch(
-                self.pipe, prompts, list(range(len(prompts))), guidance_scale=DEFAULT_GUIDANCE, num_inference_steps=25
-            )
-        grid = image_grid(samples, cols=4) if self.world.modality == "image" else spectrogram_grid(samples, 16000)
-        (self.out / "samples").mkdir(parents=True, exist_ok=True)
-        write_png(self.out / "samples" / f"step-{self.step:08d}.png", grid)
+            self.sample_grid(self.pipe, prompts, per_prompt=4, seeds=seeds, cols=4, judge=None,
+                             guidance_scale=DEFAULT_GUIDANCE)  # fmt: skip
         return {}
 
     def ema_weights(self):

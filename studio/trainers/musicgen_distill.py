@@ -19,7 +19,6 @@ reward judge, resampled to its rate. The objective minimised is ``L_distil âˆ’ Î
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +26,7 @@ from pathlib import Path
 
 import torch
 
-from studio.config import to_dict
 from studio.guidance import cfg_combine, check_guidance_scale
-from studio.io import atomic_dir, atomic_write_text
 from studio.trainers.base import Trainer, TrainerConfig, sample_generator
 from studio.trainers.rewards import pair_diversity, pooled_statistics
 from studio.worlds import get_world, sample_seed
@@ -243,12 +240,9 @@ class MusicgenDistillTrainer(Trainer):
     def export(self, metrics: dict[str, float]) -> Path:
         """Write the student (a standard MusicGen folder with its tokenizer) to ``out/model`` and ``export``."""
         model = self.accelerator.unwrap_model(self.model)
-        targets = [self.out / "model"] + ([self.config.export] if self.config.export else [])
-        for target in targets:
-            with atomic_dir(target, name="export") as tmp:
-                model.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
-                atomic_write_text(tmp / "train_config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
-                atomic_write_text(tmp / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
-        logger.info("exported %s", ", ".join(str(t) for t in targets))
-        return targets[-1]
+
+        def save(folder: Path) -> None:
+            model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+
+        return self.write_model(save, metrics, None)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -17,13 +16,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from studio.config import to_dict
 from studio.guidance import apply_condition_dropout
-from studio.io import atomic_dir, atomic_write_text, write_png
 from studio.models.text import encode_text, load_packaged_text_encoder
 from studio.models.unet import build_unet
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator, training_hardware
+from studio.trainers.base import Trainer, TrainerConfig, sample_generator
 from studio.trainers.ema import EMA
+from studio.trainers.launch import training_hardware
 from studio.worlds import get_world, sample_seed
 from studio.worlds.base import to_tensor
 
@@ -301,43 +299,24 @@ class PretrainTrainer(Trainer):
     def evaluate(self) -> dict[str, float]:
         """Sample the held-out prompts, write a grid under ``samples/``, and score it with the eval judge."""
         from studio.models.zoo import judge_dir
-        from studio.pipelines.evaluation import sample_prompts
 
-        prompts = self.world.eval_prompts()[: self.config.sample_prompts]
+        prompts = [p.text for p in self.world.eval_prompts()[: self.config.sample_prompts]]
         try:
             judge_dir(self.world.name, "eval")
             judge = "eval"
         except ValueError as err:  # a grid is still worth writing before the judges exist
             logger.warning("%s; sample grid is not scored", err)
             judge = None
-        result = sample_prompts(
-            self.pipeline(),
-            self.world,
-            prompts,
-            per_prompt=2,
-            guidance_scale=4.0,
-            num_inference_steps=25,
-            seed=0,
-            judge=judge,
-        )
-        (self.out / "samples").mkdir(parents=True, exist_ok=True)
-        write_png(self.out / "samples" / f"step-{self.step:08d}.png", result.grid)
-        logger.info("step %d: eval-judge adherence %.3f", self.step, result.adherence)
-        return {"sample_adherence": result.adherence}
+        report = self.sample_grid(self.pipeline(), prompts, judge=judge, guidance_scale=4.0)
+        adherence = float("nan") if report is None else report.adherence
+        logger.info("step %d: eval-judge adherence %.3f", self.step, adherence)
+        return {"sample_adherence": adherence}
 
     def export(self, metrics: dict[str, float]) -> Path | None:
         """Write the final pipeline to ``out/model`` (and ``export``), with a model card."""
         pipe = self.pipeline()
-        targets = [self.out / "model"] + ([self.config.export] if self.config.export else [])
         params = sum(p.numel() for p in pipe.unet.parameters())
-        for target in targets:
-            with atomic_dir(target, name="export") as tmp:
-                pipe.save_pretrained(tmp)
-                atomic_write_text(tmp / "train_config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
-                atomic_write_text(tmp / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
-                atomic_write_text(tmp / "README.md", self.model_card(metrics, params))
-        logger.info("exported %s", ", ".join(str(t) for t in targets))
-        return targets[-1]
+        return self.write_model(pipe.save_pretrained, metrics, self.model_card(metrics, params))
 
     def model_card(self, metrics: dict[str, float], params: int) -> str:
         hardware = training_hardware(self.accelerator.device, self.accelerator.num_processes)

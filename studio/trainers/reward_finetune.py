@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from studio.guidance import DEFAULT_GUIDANCE, GuidedConfig, apply_condition_dropout, split_guided
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler
-from studio.trainers.base import TrainerConfig, sample_generator, training_hardware
+from studio.trainers.base import TrainerConfig, sample_generator
+from studio.trainers.launch import training_hardware
 from studio.trainers.rewards import JudgeEmbedder, label_log_likelihood, pair_diversity
 from studio.trainers.student import StudentTrainer
 from studio.worlds import sample_seed
@@ -235,7 +236,7 @@ class RewardFinetuneTrainer(StudentTrainer):
     def evaluate(self) -> dict[str, float]:
         """Sample held-out prompts at the rollouts' guidance: a grid and eval-judge scores."""
         cfg = self.config
-        return self.sample_grid(
+        return self.student_grid(
             cfg.sample_prompts,
             cfg.guidance_scale,
             guidance_rescale=cfg.guidance_rescale,

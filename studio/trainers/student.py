@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,9 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from studio.config import to_dict
 from studio.guidance import guidance_embedding
-from studio.io import atomic_dir, atomic_write_text, write_png
 from studio.models.text import encode_text
 from studio.trainers.base import Trainer
 from studio.worlds import get_world
@@ -96,42 +93,23 @@ class StudentTrainer(Trainer):
             self.pipe.unet = self.teacher
             student.train()
 
-    def sample_grid(self, prompts: int, guidance_scale: float, **guidance) -> dict[str, float]:
+    def student_grid(self, prompts: int, guidance_scale: float, **guidance) -> dict[str, float]:
         """Sample ``prompts`` held-out prompts × 2 with the student; grid under ``samples/``; eval-judge scores.
 
         Args:
             prompts: how many of the world's held-out prompts.
             guidance_scale, **guidance: the pipeline's guidance arguments (``guidance_rescale``, ...).
         """
-        from studio.pipelines.evaluation import sample_prompts
-
+        texts = [p.text for p in self.world.eval_prompts()[:prompts]]
         with self.student_pipeline() as pipe:
-            result = sample_prompts(
-                pipe,
-                self.world,
-                self.world.eval_prompts()[:prompts],
-                per_prompt=2,
-                guidance_scale=guidance_scale,
-                num_inference_steps=25,
-                **guidance,
-            )
-        (self.out / "samples").mkdir(parents=True, exist_ok=True)
-        write_png(self.out / "samples" / f"step-{self.step:08d}.png", result.grid)
-        logger.info("step %d: student eval-judge adherence %.3f at w=%g", self.step, result.adherence, guidance_scale)
-        return {"sample_adherence": result.adherence, "sample_diversity": result.diversity or 0.0}
+            report = self.sample_grid(pipe, texts, guidance_scale=guidance_scale, **guidance)
+        logger.info("step %d: student eval-judge adherence %.3f at w=%g", self.step, report.adherence, guidance_scale)
+        return {"sample_adherence": report.adherence, "sample_diversity": report.diversity or 0.0}
 
     def export(self, metrics: dict[str, float]) -> Path | None:
         """Write the student pipeline to ``out/model`` (and ``config.export``) with its model card."""
-        export = getattr(self.config, "export", None)
-        targets = [self.out / "model"] + ([export] if export else [])
         with self.student_pipeline() as pipe:
-            for target in targets:
-                with atomic_dir(target, name="export") as tmp:
-                    pipe.save_pretrained(tmp)
-                    atomic_write_text(tmp / "train_config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
-                    atomic_write_text(tmp / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
-                    atomic_write_text(tmp / "README.md", self.model_card(metrics))
-        return targets[-1]
+            return self.write_model(pipe.save_pretrained, metrics, self.model_card(metrics))
 
     def model_card(self, metrics: dict[str, float]) -> str:
         """The exported pipeline's README (command, steps, wall time, metrics)."""

@@ -10,11 +10,11 @@ from safetensors.torch import save_file
 from studio.adapters import DEFAULT_TARGETS, LoRAConfig, OFTConfig, adapter_layers, add_adapter, save_adapter
 from studio.app.handlers import NO_ADAPTER, Handlers
 from studio.app.service import Studio
+from studio.generation import generate
 from studio.guidance import DEFAULT_GUIDANCE
 from studio.io import read_image
 from studio.merging import adapted_pipeline, merge_state_dicts
 from studio.pipelines import load_pipeline
-from studio.pipelines.evaluation import generate_batch
 
 SETTINGS = {"prompt": "a red circle", "seed": 3, "steps": 2}
 
@@ -68,7 +68,7 @@ def test_generate_with_an_adapter_applies_it_at_its_strength_and_leaves_the_cach
     image = read_image(on.files[0])
     assert np.abs(image.astype(int) - plain).max() > 8
     baked = adapted_pipeline(load_pipeline(studio.runs_dir / "a"), [(studio.runs_dir / lora[5:], 1.5)])
-    direct = generate_batch(baked, ["a red circle"], [3], num_inference_steps=2, guidance_scale=DEFAULT_GUIDANCE)[0]
+    direct = generate(baked, "a red circle", seed=3, num_inference_steps=2, guidance_scale=DEFAULT_GUIDANCE).data[0]
     assert np.abs(image.astype(int) - direct).max() <= 1
     assert adapter_layers(studio.models.pipeline("runs/a").unet) == {}  # removed after sampling
     meta = json.loads(on.manifest.read_text())["meta"]
@@ -99,7 +99,7 @@ def test_merging_additive_adapters_is_the_weight_space_merge_of_the_adapted_mode
     base = load_pipeline(runs / "a")
     adapted = [adapted_pipeline(base, [(runs / name[5:], 1.0)]).unet.state_dict() for name in pair]
     base.unet.load_state_dict(merge_state_dicts(adapted, [0.3, 0.7]))  # 0.3·(W + ΔW₁) + 0.7·(W + ΔW₂)
-    direct = generate_batch(base, ["a red circle"], [3], num_inference_steps=2, guidance_scale=DEFAULT_GUIDANCE)[0]
+    direct = generate(base, "a red circle", seed=3, num_inference_steps=2, guidance_scale=DEFAULT_GUIDANCE).data[0]
     assert np.abs(preview.image.astype(int) - direct).max() <= 1
     one = studio.merge_preview(pair, [1.0, 0.0], normalize=False, **SETTINGS)
     alone = studio.generate_image("runs/a", "a red circle", steps=2, seed=3, adapter=pair[0])

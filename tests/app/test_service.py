@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import studio.app.models as app_models
+import studio as studio_api
 from studio.adapters import DEFAULT_TARGETS, LoRAConfig, add_adapter, save_adapter
 from studio.app.inputs import parse_scales
 from studio.app.service import Studio
@@ -124,7 +124,7 @@ def test_generate_music_returns_clips_and_a_spectrogram_each(studio):
         ({"guidance": -1.0}, "guidance must be a number from 0 to 30"),
         ({"guidance": float("nan")}, "guidance must be"),
         ({"seed": -1}, "seed must be"),
-        ({"guidance_rescale": 2.0}, "guidance-rescale must be a number in"),
+        ({"guidance_rescale": 2.0}, "guidance-rescale must be a finite number from 0 to 1"),
         ({"guidance_interval": (0.7, 0.2)}, "guidance-interval must satisfy"),
         ({"model": "nope"}, "unknown model 'nope'"),
         ({"model": ""}, "no model picked"),
@@ -141,8 +141,8 @@ def test_generate_image_refuses_bad_input_and_writes_nothing(studio, change, mes
 
 def test_pipelines_are_cached_lru_and_a_resaved_folder_reloads(workdir, model_store, no_embedded, monkeypatch):
     loads = []
-    real = app_models.load_pipeline
-    monkeypatch.setattr(app_models, "load_pipeline", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    real = studio_api.load_pipeline  # the app loads through the public API
+    monkeypatch.setattr(studio_api, "load_pipeline", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
     service = Studio(workdir, cache_size=2)
     first = service.models.pipeline("runs/a")
     assert service.models.pipeline("runs/a") is first and len(loads) == 1
@@ -161,7 +161,7 @@ def test_merge_preview_remerges_in_memory_and_its_endpoints_are_the_sources(stud
     alone = studio.generate_image("runs/a", "a red circle", steps=2, seed=3)
     np.testing.assert_array_equal(only_a.image, read_image(alone.files[0]))
     loads = []
-    monkeypatch.setattr(app_models, "load_pipeline", lambda *a, **k: loads.append(a) or pytest.fail("reloaded"))
+    monkeypatch.setattr(studio_api, "load_pipeline", lambda *a, **k: loads.append(a) or pytest.fail("reloaded"))
     mixed = studio.merge_preview(["runs/a", "runs/b"], [0.6, 0.2], **settings)
     assert mixed.weights == pytest.approx([0.75, 0.25]) and mixed.audio is None
     assert np.abs(mixed.image.astype(int) - only_a.image).max() > 0  # the weight changed the output

@@ -71,6 +71,7 @@ def test_bad_recipes_and_overrides_are_refused_before_anything_starts(
     assert studio.training_status().state == "idle" and not (workdir / "runs" / "refused").exists()
 
 
+@pytest.mark.slow
 def test_a_real_tiny_recipe_trains_and_exports_a_listed_model(workdir, no_embedded):
     # the default command (`python -m studio train ...`): a 2-step pretrain of a 16/32-channel UNet
     studio = Studio(workdir)

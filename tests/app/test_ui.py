@@ -19,8 +19,8 @@ from studio.app.inputs import MAX_CLIPS, MAX_MERGE
 from studio.app.service import Evaluation, Studio
 from studio.app.ui import DEFAULT_MUSIC_PROMPT, DEFAULT_PROMPT, build_ui
 from studio.cli import build_parser, main
+from studio.evaluation import SweepPoint, SweepReport
 from studio.io import read_image, write_png
-from studio.sweep import SweepPoint, SweepReport
 from studio.worlds import get_world
 
 

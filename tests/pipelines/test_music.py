@@ -45,3 +45,41 @@ def test_music_pipeline_returns_waveforms_with_their_rate_and_round_trips(tiny_m
 def test_bad_audio_length(tiny_music_pipeline, length, message):
     with pytest.raises(ValueError, match=message):
         tiny_music_pipeline("a tune", audio_length_in_s=length, num_inference_steps=1)
+
+
+def test_music_output_follows_diffusers_audio_conventions(tiny_music_pipeline):
+    from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
+
+    kwargs = {"num_inference_steps": 1, "guidance_scale": 1.0, "generator": torch.Generator().manual_seed(0)}
+    out = tiny_music_pipeline("a tune", **kwargs)
+    assert isinstance(out, AudioPipelineOutput)
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    as_tuple = tiny_music_pipeline("a tune", return_dict=False, **kwargs)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 1  # (audios,), as diffusers' audio pipelines return
+    np.testing.assert_array_equal(as_tuple[0], out.audios)
+
+
+def test_step_callbacks_get_the_declared_tensors_and_unknown_names_are_refused_before_sampling(tiny_music_pipeline):
+    seen = []
+
+    def callback(pipe, step, t, tensors):
+        seen.append(sorted(tensors))
+        return {}
+
+    tiny_music_pipeline(
+        "a tune",
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+    )
+    assert seen == [["latents", "prompt_embeds"]] * 2
+    calls = []
+    with pytest.raises(ValueError, match=r"\['noise'\] unknown; use \['latents', 'prompt_embeds'\]"):
+        tiny_music_pipeline(
+            "a tune",
+            num_inference_steps=2,
+            callback_on_step_end=lambda *a: calls.append(a) or {},
+            callback_on_step_end_tensor_inputs=["noise"],
+        )
+    assert calls == []

@@ -13,8 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from studio.io import write_png
-from studio.trainers.base import check_process_count
+from studio.trainers.launch import check_process_count
 from studio.worlds import get_world
+
+#: Each test launches two training processes (~20 s): run with `make test-all`.
+pytestmark = pytest.mark.slow
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -55,6 +55,7 @@ def test_resume_replays_exactly(tmp_path):
         torch.testing.assert_close(v, resumed.ema.shadow[k], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_data_processes_prepare_the_same_batches(tmp_path):
     """num_workers only moves load_batch into other processes: the run is the same to the last bit."""
     trained = {}
@@ -111,6 +112,7 @@ def test_contrast_batches_are_pairs_with_shared_draws(tmp_path):
     assert not torch.equal(batch["noise"][0], batch["noise"][2])
 
 
+@pytest.mark.slow
 def test_the_contrast_term_teaches_the_pair_difference(tmp_path):
     """On one pair revisited, the weighted term drives the contrast down; the plain loss alone does not."""
     curves = {}

@@ -162,6 +162,7 @@ def test_the_diversity_reward_is_one_minus_cos_of_two_rollouts_of_each_caption(t
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters())
 
 
+@pytest.mark.slow
 def test_the_diversity_reward_climbs_on_a_fixed_batch(tiny_shapes_folder, tmp_path):
     trainer = make_trainer(
         tiny_shapes_folder, tmp_path, sample_steps=3, backprop_steps=3, reward_weight=0.0, data_weight=0.0,

@@ -20,10 +20,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio.generate import GenerateRequest, eval_prompt_texts
+from studio.evaluation.sweep import check_per_prompt, sample_and_score
+from studio.generation import eval_prompt_texts, model_world
 from studio.io import atomic_dir, atomic_write_text, check_output_dir, write_png
 from studio.plots import tradeoff_plot
-from studio.sweep import check_per_prompt, generate_and_score
 
 DEFAULT_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 DEFAULT_LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -136,25 +136,29 @@ def pareto_eval(
     unguided = dict(students or {})
     if quality is not None:
         unguided |= {QUALITY: quality, DIVERSITY: diversity}
-    template = GenerateRequest(
-        modality=modality,
-        prompts=["placeholder"],
-        n=per_prompt,
-        model=base,
-        steps=steps,
-        seed=seed,
-        world=world,
-        out=out / "cfg-1",
-    )  # validates the settings before any sampling
-    prompts = eval_prompt_texts(template.world)
+    world = world or model_world(base, modality)
+    prompts = eval_prompt_texts(world)
     # load every student once before any sampling, so a bad path fails in seconds, not after the CFG curve
     conditioned = {label: reads_guidance(model, modality) for label, model in unguided.items()}
     points: list[ParetoPoint] = []
     with atomic_dir(out) as tmp:
 
         def score(method: str, setting: str, model: str, guidance: float, folder: str) -> None:
-            request = dataclasses.replace(template, prompts=prompts, model=model, guidance=guidance, out=tmp / folder)
-            judged, seconds = generate_and_score(request, ("eval", "reward"), progress)
+            from studio.pipelines import load_pipeline
+
+            judged, samples = sample_and_score(
+                load_pipeline(model, modality),
+                prompts,
+                tmp / folder,
+                world=world,
+                roles=("eval", "reward"),
+                progress=progress,
+                num_per_prompt=per_prompt,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                seed=seed,
+                name=model,
+            )
             points.append(
                 ParetoPoint(
                     method=method,
@@ -165,7 +169,7 @@ def pareto_eval(
                     diversity=judged["eval"].diversity or 0.0,
                     reward_adherence=judged["reward"].adherence,
                     reward_diversity=judged["reward"].diversity or 0.0,
-                    seconds_per_sample=seconds,
+                    seconds_per_sample=samples.seconds / len(samples),
                     folder=folder,
                 )
             )
@@ -185,11 +189,11 @@ def pareto_eval(
                 score("merge", f"λ={lam:g}", str(merged), 1.0, f"merge-{lam:g}")
         mark_dominance(points)
         report = ParetoReport(
-            base=base, world=template.world, steps=steps, per_prompt=per_prompt, prompts=len(prompts), points=points
+            base=base, world=world, steps=steps, per_prompt=per_prompt, prompts=len(prompts), points=points
         )
         atomic_write_text(tmp / "pareto.json", report.to_json())
         atomic_write_text(tmp / "pareto.md", report.table() + "\n")
-        title = f"{template.world}: CFG vs distilled students"
+        title = f"{world}: CFG vs distilled students"
         write_png(tmp / "pareto.png", tradeoff_plot(plot_series(points, base), title=title))
     return report
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from studio.generate import GenerateRequest, eval_prompt_texts, generate_to_folder
+from studio.evaluation.folder import write_report
+from studio.evaluation.scoring import EvalReport, finite_or_nan, score_samples
+from studio.generation import Samples, eval_prompt_texts, generate, model_world, progress_bar, write_samples
 from studio.guidance import Guidance
-from studio.io import atomic_dir, atomic_write_text, check_output_dir, write_png
-from studio.judges.evaluate import EvalReport, evaluate_folder, write_report
+from studio.io import as_written, atomic_dir, atomic_write_text, check_output_dir, write_png
 from studio.models.zoo import Role
 from studio.plots import tradeoff_plot
 
@@ -30,7 +32,7 @@ class SweepPoint:
     adherence: float
     attribute_adherence: dict[str, float]
     diversity: float | None
-    frechet: float
+    frechet: float | None
     seconds_per_sample: float
     folder: str
 
@@ -55,7 +57,7 @@ class SweepReport:
             f"| {p.guidance:g} | {p.adherence:.3f} | "
             + "".join(f"{p.attribute_adherence.get(a, math.nan):.3f} | " for a in attrs)
             + ("n/a" if p.diversity is None else f"{p.diversity:.4f}")
-            + f" | {p.frechet:.2f} | {p.seconds_per_sample:.3f} |"
+            + f" | {finite_or_nan(p.frechet):.2f} | {p.seconds_per_sample:.3f} |"
             for p in self.points
         ]
         title = (
@@ -76,21 +78,32 @@ def check_per_prompt(per_prompt: int) -> None:
         raise ValueError(f"-n must be at least 2 for diversity to be defined, got {per_prompt}")
 
 
-def generate_and_score(
-    request: GenerateRequest, roles: tuple[Role, ...] = ("eval",), progress: bool = True
-) -> tuple[dict[str, EvalReport], float]:
-    """Generate ``request``'s folder and score it with each judge role; also the wall seconds per sample.
+def sample_and_score(
+    pipe: Any,
+    prompts: Sequence[str],
+    out: Path,
+    *,
+    world: str,
+    roles: Sequence[Role] = ("eval",),
+    progress: bool = False,
+    **sampling: Any,
+) -> tuple[dict[str, EvalReport], Samples]:
+    """Sample ``prompts`` with ``pipe``, write the folder ``out`` and score what was written with each judge role.
 
-    The first role's report is written to ``eval.json`` (what ``mixstudio eval`` writes), others to
-    ``eval-<role>.json``.
+    The first role's report goes to ``out/eval.json`` (what ``mixstudio eval`` writes), others to
+    ``out/eval-<role>.json``; the scores equal ``mixstudio eval``'s on the folder (audio is judged as written).
+
+    Args:
+        sampling: :func:`studio.generate` arguments (``num_per_prompt``, ``guidance_scale``, ``seed``, ...).
     """
-    start = time.perf_counter()
-    generate_to_folder(request, progress=progress)
-    seconds = (time.perf_counter() - start) / (len(request.prompts) * request.n)
-    reports = {role: evaluate_folder(request.out, role=role) for role in roles}
+    with progress_bar(out.name, progress) as bar:
+        samples = generate(pipe, prompts, progress=bar, **sampling)
+    write_samples(samples, out, world=world)
+    data = samples.data if samples.modality == "image" else [as_written(a) for a in samples.data]
+    reports = {role: score_samples(data, samples.prompts, world, role=role) for role in roles}
     for i, role in enumerate(roles):
-        write_report(reports[role], request.out / ("eval.json" if i == 0 else f"eval-{role}.json"))
-    return reports, seconds
+        write_report(reports[role], out / ("eval.json" if i == 0 else f"eval-{role}.json"))
+    return reports, samples
 
 
 def guidance_sweep(
@@ -131,41 +144,44 @@ def guidance_sweep(
     if len(set(scales)) != len(scales):
         raise ValueError(f"guidance scales must be distinct, got {scales}")
     check_per_prompt(per_prompt)
+    for w in scales:  # every setting is checked before any sampling starts
+        Guidance(w, guidance_rescale, guidance_interval)
     out = check_output_dir(out)
-    requests = [
-        GenerateRequest(
-            modality=modality,
-            prompts=["placeholder"],
-            n=per_prompt,
-            model=model,
-            steps=steps,
-            guidance=w,
-            guidance_rescale=guidance_rescale,
-            guidance_interval=guidance_interval,
-            seed=seed,
-            scheduler=scheduler,
-            world=world,
-            out=out / f"guidance-{w:g}",
-        )
-        for w in scales
-    ]  # validates every setting before any sampling starts
-    world_name = requests[0].world
+    from studio.pipelines import load_pipeline
+
+    pipe = load_pipeline(model, modality)
+    world_name = world or model_world(model, modality)
     prompts = eval_prompt_texts(world_name)
     points = []
     with atomic_dir(out) as tmp:
-        for request in requests:
-            request = dataclasses.replace(request, prompts=prompts, out=tmp / request.out.name)
-            reports, seconds = generate_and_score(request, (judge,), progress)
+        for w in scales:
+            folder = tmp / f"guidance-{w:g}"
+            reports, samples = sample_and_score(
+                pipe,
+                prompts,
+                folder,
+                world=world_name,
+                roles=(judge,),
+                progress=progress,
+                num_per_prompt=per_prompt,
+                num_inference_steps=steps,
+                guidance_scale=w,
+                guidance_rescale=guidance_rescale,
+                guidance_interval=guidance_interval,
+                seed=seed,
+                scheduler=scheduler,
+                name=model,
+            )
             report = reports[judge]
             points.append(
                 SweepPoint(
-                    guidance=request.guidance,
+                    guidance=float(w),
                     adherence=report.adherence,
                     attribute_adherence=report.attribute_adherence,
                     diversity=report.diversity,
                     frechet=report.frechet,
-                    seconds_per_sample=seconds,
-                    folder=request.out.name,
+                    seconds_per_sample=samples.seconds / len(samples),
+                    folder=folder.name,
                 )
             )
         sweep = SweepReport(
@@ -176,8 +192,8 @@ def guidance_sweep(
             per_prompt=per_prompt,
             prompts=len(prompts),
             points=points,
-            guidance_rescale=requests[0].guidance_rescale,
-            guidance_interval=requests[0].guidance_interval,
+            guidance_rescale=float(guidance_rescale),
+            guidance_interval=tuple(float(x) for x in guidance_interval),
         )
         atomic_write_text(tmp / "sweep.json", sweep.to_json())
         atomic_write_text(tmp / "sweep.md", sweep.table() + "\n")
