@@ -6,23 +6,29 @@ Usage: .venv/bin/python benchmarks/bench_adapters.py [--threads 2] [--repeats 5]
 One ``nn.Linear(width, width)`` (an SD attention projection) on ``(batch, tokens, width)`` inputs that need a
 gradient, as inside a UNet. For each shape and method: the median wall time of forward + backward (after a
 warm-up), and the bytes autograd saves for the backward pass beyond the layer's own weights (the activation
-memory a method adds; CPU peak-RSS deltas are too noisy to compare). Ratios are measured side by side in one
-process: ours / PEFT for the methods PEFT implements (LoRA, OFT, BOFT, LoKr; DiffuseKronA against PEFT's
-LoKr with a full-rank second factor, the same ΔW = A ⊗ B), and ours / our LoRA for every method.
+memory a method adds; CPU peak-RSS deltas are too noisy to compare). Per shape, every layer (the bare
+``nn.Linear``, each of our methods, each PEFT counterpart) runs once per round in rotating order
+(``benchmarks/timing.py``), and each ratio is the median of per-round ratios: ours / PEFT for the methods PEFT
+implements (LoRA, OFT, BOFT, LoKr; DiffuseKronA against PEFT's LoKr with a full-rank second factor, the same
+ΔW = A ⊗ B), ours / our LoRA and ours / the bare layer for every method. ``--cpu-time`` adds the ratio of
+one-thread process CPU times, which load on the other core barely moves.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import paired
 
 from studio.adapters import (
     BOFTConfig,
@@ -106,14 +112,16 @@ METHODS = {
 
 
 @dataclass
-class Measurement:
-    seconds: float
+class Layer:
+    """One layer under test: its forward+backward step, the MB it saves for backward, its trainable count."""
+
+    step: Callable[[], None]
     saved_mb: float
     trainable: int
 
 
-def measure(model: nn.Module, x: torch.Tensor, repeats: int) -> Measurement:
-    """Median forward+backward seconds, MB saved for backward beyond the module's tensors, trainable count."""
+def prepare(model: nn.Module, x: torch.Tensor) -> Layer:
+    """A forward+backward step on ``x`` (run once here, for the saved-tensor census) and the layer's sizes."""
     own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
 
@@ -131,14 +139,9 @@ def measure(model: nn.Module, x: torch.Tensor, repeats: int) -> Measurement:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()  # warm-up, and the saved-tensor census
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
         step()
-        times.append(time.perf_counter() - start)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad and p is not model.layer.weight)
-    return Measurement(statistics.median(times), sum(saved.values()) / 2**20, trainable)
+    return Layer(step, sum(saved.values()) / 2**20, trainable)
 
 
 def main() -> None:
@@ -157,6 +160,7 @@ def main() -> None:
         help="where our adapters other than the LoRA reference apply (auto: the layer decides)",
     )
     parser.add_argument("--json", default=None, help="also write every measurement here")
+    parser.add_argument("--cpu-time", action="store_true", help="also time each round at one thread (CPU time)")
     args = parser.parse_args()
     if args.quick:
         args.tokens, args.widths = [1024], [320]
@@ -166,29 +170,31 @@ def main() -> None:
 
     rows = []
     print(
-        f"threads={args.threads} batch={args.batch} median of {args.repeats}; path={args.path}; "
-        "base = the bare nn.Linear"
+        f"threads={args.threads} batch={args.batch}; {args.repeats} rounds, rotating order, ratios = medians of "
+        f"per-round ratios; path={args.path}; base = the bare nn.Linear"
     )
     header = f"{'tokens':>6} {'width':>5} {'method':<13} {'params':>8} {'ms':>8} {'saved MB':>8}"
-    print(f"{header} {'PEFT ms':>8} {'PEFT MB':>8} {'÷PEFT':>6} {'÷LoRA':>6} {'÷base':>6}")
+    print(f"{header} {'PEFT ms':>8} {'PEFT MB':>8} {'÷PEFT':>6} {'÷LoRA':>6} {'÷base':>6} {'÷LoRA cpu':>9}")
     for tokens in args.tokens:
         for width in args.widths:
             x = torch.randn(args.batch, tokens, width, generator=torch.Generator().manual_seed(0)).requires_grad_()
-            base = Holder(width)
-            base_time = measure(base, x, args.repeats).seconds
-            results: dict[str, tuple[Measurement, Measurement | None]] = {}
-            for name in ["lora", *[m for m in args.methods if m != "lora"]]:
+            names = ["lora", *[m for m in args.methods if m != "lora"]]
+            layers = {"base": prepare(Holder(width), x)}
+            for name in names:
                 path = None if name == "lora" else weight_path  # the reference stays where the layer puts it
-                mine = measure(ours(METHODS[name], path)(width), x, args.repeats)
-                other = measure(peft(theirs[name])(width), x, args.repeats) if name in theirs else None
-                results[name] = (mine, other)
-                lora = results["lora"][0].seconds
-                vs_peft = f"{mine.seconds / other.seconds:6.2f}" if other else f"{'-':>6}"
-                peft_cols = f"{other.seconds * 1e3:8.1f} {other.saved_mb:8.1f}" if other else f"{'-':>8} {'-':>8}"
+                layers[name] = prepare(ours(METHODS[name], path)(width), x)
+                if name in theirs:
+                    layers[f"peft {name}"] = prepare(peft(theirs[name])(width), x)
+            timed = paired({k: v.step for k, v in layers.items()}, rounds=args.repeats, cpu_time=args.cpu_time)
+            for name in names:
+                mine, other = layers[name], layers.get(f"peft {name}")
+                vs_peft = f"{timed.ratio(name, 'peft ' + name):6.2f}" if other else f"{'-':>6}"
+                peft_ms = timed.median(f"peft {name}") * 1e3 if other else None
+                peft_cols = f"{peft_ms:8.1f} {other.saved_mb:8.1f}" if other else f"{'-':>8} {'-':>8}"
                 print(
-                    f"{tokens:>6} {width:>5} {name:<13} {mine.trainable:>8} {mine.seconds * 1e3:8.1f} "
-                    f"{mine.saved_mb:8.1f} {peft_cols} {vs_peft} {mine.seconds / lora:6.2f} "
-                    f"{mine.seconds / base_time:6.2f}",
+                    f"{tokens:>6} {width:>5} {name:<13} {mine.trainable:>8} {timed.median(name) * 1e3:8.1f} "
+                    f"{mine.saved_mb:8.1f} {peft_cols} {vs_peft} {timed.ratio(name, 'lora'):6.2f} "
+                    f"{timed.ratio(name, 'base'):6.2f} {timed.ratio(name, 'lora', cpu=True):9.2f}",
                     flush=True,
                 )
                 rows.append(
@@ -197,12 +203,14 @@ def main() -> None:
                         "width": width,
                         "method": name,
                         "params": mine.trainable,
-                        "seconds": mine.seconds,
+                        "seconds": timed.median(name),
                         "saved_mb": mine.saved_mb,
                         "peft_params": other.trainable if other else None,
-                        "peft_seconds": other.seconds if other else None,
+                        "peft_seconds": timed.median(f"peft {name}") if other else None,
                         "peft_saved_mb": other.saved_mb if other else None,
-                        "base_seconds": base_time,
+                        "base_seconds": timed.median("base"),
+                        "ratio_peft": timed.ratio(name, f"peft {name}") if other else None,
+                        "ratio_lora": timed.ratio(name, "lora"),
                     }
                 )
     if args.json:

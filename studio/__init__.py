@@ -33,6 +33,7 @@ _API: dict[str, str] = {
     "Samples": "studio.generation",
     "model_world": "studio.generation",
     "load_pipeline": "studio.pipelines",
+    "compile_pipeline": "studio.pipelines",
     "model_modality": "studio.pipelines",
     "SCHEDULERS": "studio.pipelines",
     "StudioDiffusionPipeline": "studio.pipelines",

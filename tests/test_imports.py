@@ -82,3 +82,24 @@ def test_studio_imports_one_way():
     graph = import_graph()
     assert len(graph) > 50 and "studio.adapters.registry" in graph["studio.adapters.layer"]
     assert cycles(graph) == []
+
+
+def imported_by(statement: str) -> set[str]:
+    """Top-level packages a fresh interpreter has imported after ``statement``."""
+    import subprocess
+    import sys
+
+    code = f"{statement}; import sys; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+HEAVY = {"diffusers", "peft", "transformers", "gradio", "scipy", "sklearn", "matplotlib", "pandas"}
+
+
+def test_the_light_paths_import_no_heavy_library():
+    """Scoring, worlds and the CLI's start import none of diffusers, peft, transformers, gradio (cold start)."""
+    assert imported_by("import studio, studio.cli") & (HEAVY | {"torch"}) == set()
+    scoring = imported_by("import studio.judges, studio.evaluation, studio.worlds, studio.generation")
+    assert "torch" in scoring and "safetensors" in scoring  # the check sees what is imported
+    assert scoring & HEAVY == set()

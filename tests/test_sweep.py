@@ -65,3 +65,11 @@ def test_sweep_rejects_bad_settings_before_sampling(tmp_path, capsys, tiny_shape
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_sweep_compiles_the_unet_once_when_asked(tmp_path, capsys, tiny_shapes_folder, monkeypatch):
+    compiled = []
+    monkeypatch.setattr("studio.pipelines.compile_pipeline", lambda pipe: compiled.append(pipe) or pipe)
+    args = ["--quiet", "sweep", "image", "--model", str(tiny_shapes_folder), "--guidance", "1", "2", "-n", "2"]
+    assert main([*args, "--steps", "1", "--compile", "--out", str(tmp_path / "s")]) == 0, capsys.readouterr().err
+    assert len(compiled) == 1  # one model, two scales: compiled once

@@ -40,8 +40,10 @@ def serve(
     port: int = 7860,
     share: bool = False,
     models: Sequence[str | Path] = (),
+    compile: bool = False,
 ) -> None:
-    """Serve the app until interrupted (what ``mixstudio serve`` runs); ``models``: local pipeline folders to offer.
+    """Serve the app until interrupted (what ``mixstudio serve`` runs); ``models``: local pipeline folders to offer;
+    ``compile``: compile each model's UNet on first load and warm the first image model up before serving.
 
     Raises:
         ValueError: when gradio is not installed, the port is out of range or taken, or a model folder is not a
@@ -53,7 +55,7 @@ def serve(
         if err.name not in ("gradio", "pandas"):
             raise
         raise ValueError("the web app needs gradio; install it with pip install 'mixstudio[app]'") from None
-    launch(workdir, host, port, share, models=models, block=True)
+    launch(workdir, host, port, share, models=models, block=True, compile=compile)
 
 
 def __getattr__(name: str) -> Any:

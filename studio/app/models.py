@@ -56,15 +56,24 @@ class ModelCatalog:
         device: where loaded pipelines live.
         cache_size: loaded pipelines kept (least recently used evicted first).
         local: pipeline folders outside ``runs_dir`` to offer too, each listed under its path as given.
+        compile: compile each pipeline's UNet when it is loaded (``studio.compile_pipeline``).
 
     Raises:
         ValueError: for a cache size below 1, or a local folder that is not a studio pipeline folder.
     """
 
-    def __init__(self, runs_dir: Path, device: torch.device, cache_size: int = 3, local: Sequence[Path] = ()):
+    def __init__(
+        self,
+        runs_dir: Path,
+        device: torch.device,
+        cache_size: int = 3,
+        local: Sequence[Path] = (),
+        compile: bool = False,
+    ):
         if cache_size < 1:
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
         self.runs_dir, self.device, self.cache_size = Path(runs_dir), device, cache_size
+        self.compile = compile
         self.local = [_local_model(Path(folder)) for folder in local]
         self._cache: OrderedDict[tuple, studio.StudioDiffusionPipeline] = OrderedDict()
         self._lock = threading.RLock()
@@ -169,6 +178,8 @@ class ModelCatalog:
                 self._cache.move_to_end(key)
                 return self._cache[key]
             pipe = studio.load_pipeline(info.source, info.modality, scheduler=scheduler).to(self.device)
+            if self.compile:
+                studio.compile_pipeline(pipe)
             self._cache[key] = pipe
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)

@@ -117,6 +117,7 @@ class Studio(MergeActions):
             choice, e.g. ``mixstudio serve --model PATH``; the browser still picks by name only).
         max_upload_bytes: size limit of an imported model archive.
         train_command: builds a training run's argv from ``(recipe, overrides, out)`` (tests inject a fast fake).
+        compile: compile each model's UNet when it is first loaded (``mixstudio serve --compile``).
     """
 
     def __init__(
@@ -128,13 +129,14 @@ class Studio(MergeActions):
         models: Sequence[str | Path] = (),
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
         train_command: Callable[[str, list[str], Path], list[str]] = train_argv,
+        compile: bool = False,
     ):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' was asked for but no GPU is available; use device='cpu'")
         self.workdir = Path(workdir).absolute()
         self.runs_dir = self.workdir / "runs"
-        self.models = ModelCatalog(self.runs_dir, self.device, cache_size, [Path(m) for m in models])
+        self.models = ModelCatalog(self.runs_dir, self.device, cache_size, [Path(m) for m in models], compile)
         self.max_upload_bytes, self.train_command = max_upload_bytes, train_command
         self._lock = threading.RLock()  # pipelines are not thread-safe (the scheduler holds state)
         self._live: studio.LiveMerge | None = None
@@ -371,6 +373,20 @@ class Studio(MergeActions):
         """
         import_pipeline_zip(archive, self._new_run_folder(name), self.max_upload_bytes, progress)
         return self.resolve(f"runs/{name}")
+
+    def warm_up(self, model: str | None = None) -> float:
+        """Sample one image of ``model`` (default: the first listed image model) at the app's defaults, writing
+        nothing, so that loading (and compiling) is paid before the first user asks; returns the seconds it took."""
+        start = time.perf_counter()
+        names = [m.name for m in self.list_models("image")]
+        if model is None and not names:
+            return 0.0
+        with self._lock:
+            pipe = self.models.pipeline(model or names[0])
+            studio.generate(
+                pipe, "a red circle", num_inference_steps=25, guidance_scale=studio.default_guidance("image")
+            )
+        return time.perf_counter() - start
 
     # ---- folders -------------------------------------------------------------------------------
     def _new_folder(self, *parts: str) -> Path:

@@ -355,6 +355,7 @@ def launch(
     *,
     models: Sequence[str | Path] = (),
     block: bool = True,
+    compile: bool = False,
 ) -> tuple[gr.Blocks, Studio]:
     """Build the service and the UI and serve them.
 
@@ -365,6 +366,7 @@ def launch(
         share: also open a public gradio.live tunnel.
         models: local pipeline folders to offer in the pickers besides the embedded models and ``runs/``.
         block: serve until interrupted (False: return once the server runs, for tests and scripts).
+        compile: compile each model's UNet on first load, and warm the first image model up before serving.
 
     Returns:
         The running Blocks and its service (when ``block`` is False).
@@ -375,8 +377,11 @@ def launch(
     if not 0 < port < 65536:
         raise ValueError(f"--port must be from 1 to 65535, got {port}")
     workdir = Path(workdir).absolute()
-    studio = Studio(workdir, models=models)  # checks the model folders before anything is written
+    studio = Studio(workdir, models=models, compile=compile)  # checks the model folders before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
+    if compile:
+        logger.info("compiling and warming up the first image model (a minute or more on a CPU)")
+        logger.info("warm-up done in %.0f s", studio.warm_up())
     # Gradio's cache (uploads, served copies of outputs) goes inside the workdir too; components read the
     # variable when they are built, so it is set before build_ui
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / ".gradio")

@@ -19,6 +19,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from studio.evaluation.sweep import check_per_prompt, sample_and_score
 from studio.generation import eval_prompt_texts, model_world
@@ -106,6 +107,7 @@ def pareto_eval(
     seed: int = 0,
     world: str | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> ParetoReport:
     """Sample and score the base model's CFG curve, the students and the quality-diversity merges.
 
@@ -120,6 +122,7 @@ def pareto_eval(
         lambdas: merge weights of the diversity student (0 = quality student, 1 = diversity student).
         per_prompt, steps, seed: sampling settings shared by every point.
         world: the world whose held-out prompts and judges are used (default: the base model's).
+        compile: compile each model's UNet once, before its first point (``studio.pipelines.compile_pipeline``).
 
     Raises:
         ValueError: for ``per_prompt < 2``, only one of ``quality``/``diversity``, a λ outside [0, 1],
@@ -142,12 +145,21 @@ def pareto_eval(
     conditioned = {label: reads_guidance(model, modality) for label, model in unguided.items()}
     points: list[ParetoPoint] = []
     with atomic_dir(out) as tmp:
+        loaded: dict[str, Any] = {}
+
+        def pipeline(model: str) -> Any:
+            """Each model is loaded (and compiled) once, however many points it serves."""
+            from studio.pipelines import compile_pipeline, load_pipeline
+
+            if model not in loaded:
+                loaded[model] = load_pipeline(model, modality)
+                if compile:
+                    compile_pipeline(loaded[model])
+            return loaded[model]
 
         def score(method: str, setting: str, model: str, guidance: float, folder: str) -> None:
-            from studio.pipelines import load_pipeline
-
             judged, samples = sample_and_score(
-                load_pipeline(model, modality),
+                pipeline(model),
                 prompts,
                 tmp / folder,
                 world=world,

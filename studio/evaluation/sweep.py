@@ -121,6 +121,7 @@ def guidance_sweep(
     world: str | None = None,
     judge: Role = "eval",
     progress: bool = True,
+    compile: bool = False,
 ) -> SweepReport:
     """Sample ``model`` on its world's held-out prompts at each guidance scale and score every folder.
 
@@ -135,6 +136,7 @@ def guidance_sweep(
         world: the world whose prompts and judges are used (default: the model's).
         judge: ``eval`` for reported numbers; ``reward`` to compare with what trainers optimise.
         progress: show progress bars.
+        compile: compile the UNet first (pays off over many points; see ``studio.pipelines.compile_pipeline``).
 
     Raises:
         ValueError: for no scales, a duplicate or invalid scale, ``per_prompt < 2`` or an unwritable ``out``.
@@ -147,9 +149,11 @@ def guidance_sweep(
     for w in scales:  # every setting is checked before any sampling starts
         Guidance(w, guidance_rescale, guidance_interval)
     out = check_output_dir(out)
-    from studio.pipelines import load_pipeline
+    from studio.pipelines import compile_pipeline, load_pipeline
 
     pipe = load_pipeline(model, modality)
+    if compile:
+        compile_pipeline(pipe)
     world_name = world or model_world(model, modality)
     prompts = eval_prompt_texts(world_name)
     points = []

@@ -4,17 +4,27 @@ One class serves both modalities. Images ``(B, 3, H, W)`` in [-1, 1] go straight
 waveforms ``(B, T)`` first pass a fixed log-frequency spectrogram (one bin per semitone, so
 key and mode are local patterns) plus a chroma summary. The CNN keeps a coarse spatial map
 before its embedding (position and rhythm are where-questions, so no global pooling).
+
+A judge is a plain ``nn.Module`` saved as ``config.json`` plus ``diffusion_pytorch_model.safetensors`` (the
+layout diffusers' ``save_pretrained`` wrote for the shipped judges), so scoring never imports diffusers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
+
+from studio.io import atomic_write_bytes, atomic_write_text
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -59,7 +69,25 @@ def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class Judge(ModelMixin, ConfigMixin):
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The architecture of a :class:`Judge` (``config.json``); see :class:`Judge` for the fields."""
+
+    world: str = "shapes"
+    modality: str = "image"
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    width: int = 32
+    embed_dim: int = 128
+    image_size: int = 32
+    sample_rate: int = 16_000
+    n_fft: int = 2048
+    hop_length: int = 256
+    f_min: float = 32.70319566
+    n_bins: int = 96
+    time_pool: int = 1
+
+
+class Judge(nn.Module):
     """Attribute classifier + embedder for one world.
 
     Args:
@@ -73,9 +101,6 @@ class Judge(ModelMixin, ConfigMixin):
         time_pool: average this many spectrogram frames before the CNN (audio; 4 → 64 ms frames at hop 256).
     """
 
-    config_name = "config.json"
-
-    @register_to_config
     def __init__(
         self,
         world: str = "shapes",
@@ -92,6 +117,11 @@ class Judge(ModelMixin, ConfigMixin):
         time_pool: int = 1,
     ):
         super().__init__()
+        self.config = JudgeConfig(
+            world=world, modality=modality, attributes={k: list(v) for k, v in (attributes or {}).items()},
+            width=width, embed_dim=embed_dim, image_size=image_size, sample_rate=sample_rate, n_fft=n_fft,
+            hop_length=hop_length, f_min=f_min, n_bins=n_bins, time_pool=time_pool,
+        )  # fmt: skip
         if modality not in ("image", "audio"):
             raise ValueError(f"modality must be 'image' or 'audio', got {modality!r}")
         if not attributes:
@@ -125,6 +155,41 @@ class Judge(ModelMixin, ConfigMixin):
     @property
     def attributes(self) -> dict[str, list[str]]:
         return dict(self.config.attributes)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write ``config.json`` and the weights (safetensors) into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"_class_name": "Judge", **asdict(self.config)}
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write_bytes(folder / WEIGHTS_NAME, safetensors_bytes(state, metadata={"format": "pt"}))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> Judge:
+        """Read a judge written by :meth:`save_pretrained` (safetensors only; nothing is unpickled).
+
+        Raises:
+            ValueError: for a folder without a readable config or weights that do not fit it.
+        """
+        folder = Path(folder)
+        try:
+            config = json.loads((folder / CONFIG_NAME).read_text())
+            state = load_file(folder / WEIGHTS_NAME)
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"judge folder {str(folder)!r} is not readable ({err}); re-train or re-copy it") from None
+        known = set(JudgeConfig.__dataclass_fields__)
+        judge = cls(**{k: v for k, v in config.items() if k in known})
+        try:
+            judge.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).splitlines()[0]
+            raise ValueError(f"judge weights in {str(folder)!r} do not fit its config.json ({first})") from None
+        return judge
 
     def spectrogram(self, audio: torch.Tensor) -> torch.Tensor:
         """Semitone power spectrogram ``(B, n_bins, frames)`` of waveforms ``(B, T)``."""

@@ -40,6 +40,18 @@ def model_modality(source: str | Path) -> Modality:
     return "image"
 
 
+def compile_pipeline(pipe: StudioDiffusionPipeline) -> StudioDiffusionPipeline:
+    """Compile ``pipe``'s UNet with ``torch.compile`` (inductor), in place; returns ``pipe``.
+
+    The first call at each new batch shape pays the compilation (about a minute on 2 CPU cores; torch marks the
+    batch dimension dynamic after the first recompile), after which sampling runs 1.3-1.5x faster here
+    (docs/SPEED.md has the break-even). Worth it for long-running processes (``serve``, ``sweep``,
+    ``eval --pareto``), not for a single ``generate``.
+    """
+    pipe.unet.compile()
+    return pipe
+
+
 def load_pipeline(
     model: str | Path,
     modality: Modality = "image",
@@ -81,6 +93,7 @@ __all__ = [
     "StudioDiffusionPipeline",
     "StudioImagePipeline",
     "StudioMusicPipeline",
+    "compile_pipeline",
     "load_pipeline",
     "make_scheduler",
     "model_modality",

@@ -312,3 +312,12 @@ def test_import_model_refuses_foreign_libraries_and_non_zips(studio, model_store
     with pytest.raises(ValueError, match="not a zip archive"):
         studio.import_model(tmp_path / "fake.zip", "fake")
     assert not (studio.runs_dir / "evil").exists() and not (studio.runs_dir / "fake").exists()
+
+
+def test_warm_up_samples_the_model_once_and_writes_nothing(workdir, model_store, no_embedded, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(studio_api, "compile_pipeline", lambda pipe: compiled.append(pipe) or pipe)
+    service = Studio(workdir, compile=True)
+    assert service.warm_up("runs/a") > 0 and len(compiled) == 1
+    assert service.models.pipeline("runs/a") is compiled[0]  # the warmed, compiled pipeline serves the users
+    assert files_under(workdir / "outputs") == []
