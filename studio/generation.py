@@ -171,7 +171,9 @@ def generate(
     )
 
 
-def write_samples(samples: Samples, out: str | Path, *, world: str, meta: dict[str, Any] | None = None) -> Path:
+def write_samples(
+    samples: Samples, out: str | Path, *, world: str, meta: dict[str, Any] | None = None, force: bool = False
+) -> Path:
     """Write one file per sample, ``grid.png`` and ``manifest.json`` (what ``mixstudio eval`` reads) to ``out``.
 
     The folder is built in a temporary sibling and moved into place, so ``out`` is never half-written.
@@ -181,6 +183,7 @@ def write_samples(samples: Samples, out: str | Path, *, world: str, meta: dict[s
         out: the folder to write.
         world: the world whose judges score the folder.
         meta: extra manifest metadata (default: ``{"source": "generate", **samples.settings}``).
+        force: replace ``out`` even if it holds files mixstudio did not write.
 
     Returns:
         ``out`` as a Path.
@@ -189,7 +192,7 @@ def write_samples(samples: Samples, out: str | Path, *, world: str, meta: dict[s
 
     image = samples.modality == "image"
     items = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, force=force) as tmp:
         for i, (data, prompt, seed) in enumerate(zip(samples.data, samples.prompts, samples.seeds, strict=True)):
             name = f"{i:04d}.png" if image else f"{i:04d}.wav"
             write_png(tmp / name, data) if image else write_wav(tmp / name, data, samples.sample_rate)

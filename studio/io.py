@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -19,22 +20,65 @@ import numpy as np
 SAMPLE_RATE = 16_000
 
 
-def check_output_dir(path: str | Path, *, name: str = "--out") -> Path:
-    """Validate that ``path`` can become an output folder (it may not exist yet).
+#: Every folder mixstudio writes whole holds this file; only such folders (or empty ones) are replaced.
+MARKER = ".mixstudio"
+#: Pipeline classes whose folders older versions wrote without the marker.
+OUR_PIPELINES = ("StudioImagePipeline", "StudioMusicPipeline")
+
+
+def written_by_us(folder: Path) -> bool:
+    """Whether ``folder`` is one mixstudio wrote: it holds the marker, or (written before the marker existed) a
+    sample ``manifest.json`` with a world, or the ``model_index.json`` of one of our pipelines."""
+    if (folder / MARKER).is_file():
+        return True
+    for index, key in (("manifest.json", "world"), ("model_index.json", "_class_name")):
+        try:
+            data = json.loads((folder / index).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and ((key == "world" and "world" in data) or data.get(key) in OUR_PIPELINES):
+            return True
+    return False
+
+
+def check_output_dir(path: str | Path, *, name: str = "--out", force: bool = False) -> Path:
+    """Validate that ``path`` can become an output folder, before any work: fail now, not after it.
+
+    The destination is probed for real (a temporary sibling is created and removed: permission bits say yes to
+    ``/proc`` as root), and an existing folder is only replaced when it is empty or mixstudio wrote it.
+
+    Args:
+        path: the folder to write (it may not exist yet; missing parents are created when writing).
+        name: how the user named it (``--out``), for messages.
+        force: also replace an existing folder mixstudio did not write.
 
     Raises:
-        ValueError: if ``path`` is an existing file or its parent is not writable.
+        ValueError: one line naming ``path`` and the fix: a name that is no new folder (``.``, ``..``), an
+            existing file, a folder of someone else's files (without ``force``), or a place that cannot be
+            written (no permission, a read-only or virtual file system, a name too long).
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{name} {str(path)!r} is a file, not a folder; pass a folder path")
-    parent = path if path.exists() else _existing_parent(path)
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"{name} {str(path)!r} is not writable (no write access to {str(parent)!r}); choose another")
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"{name} {str(path)!r} is not a new folder's name; give one such as out/run")
+    try:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise ValueError(f"{name} {str(path)!r} is a file, not a folder; pass a folder path")
+        if path.is_dir() and not force and any(path.iterdir()) and not written_by_us(path):
+            raise ValueError(
+                f"{name} {str(path)!r} holds files mixstudio did not write; pick a new folder, empty it, or pass "
+                "--force to replace it"
+            )
+        probe = tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=_existing_parent(path))
+        os.rmdir(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        shown = str(path) if len(str(path)) <= 80 else str(path)[:77] + "..."
+        raise ValueError(f"{name} {shown!r} cannot be written here ({reason}); choose another folder") from None
     return path
 
 
 def _existing_parent(path: Path) -> Path:
+    """The nearest existing folder on the way to ``path`` (its parent when that exists)."""
     for parent in path.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
@@ -44,17 +88,25 @@ def _existing_parent(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, name: str = "--out") -> Iterator[Path]:
-    """Build a folder in a temporary sibling, then move it into place.
+def atomic_dir(path: str | Path, *, name: str = "--out", force: bool = False) -> Iterator[Path]:
+    """Build a folder in a temporary sibling, then move it into place (see :func:`check_output_dir`).
 
-    An existing folder at ``path`` is replaced only after the new one is complete;
-    on error the temporary folder is removed and ``path`` is untouched.
+    An existing folder at ``path`` is replaced only after the new one is complete, and only if it is empty or
+    mixstudio wrote it (or ``force``); on error the temporary folder is removed and ``path`` is untouched. The
+    new folder holds :data:`MARKER`, so a later run may replace it.
+
+    Raises:
+        ValueError: from :func:`check_output_dir`, and for an OS error while moving the folder into place.
     """
-    path = check_output_dir(path, name=name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    path = check_output_dir(path, name=name, force=force)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as err:
+        raise ValueError(f"{name} {str(path)!r} cannot be written ({err.strerror}); choose another folder") from None
     try:
         yield tmp
+        (tmp / MARKER).write_text(json.dumps({"written_by": "mixstudio"}) + "\n")
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)

@@ -155,6 +155,7 @@ def merge_pipelines(
     out: str | Path | None = None,
     *,
     modality: Modality | None = None,
+    force: bool = False,
 ) -> StudioDiffusionPipeline:
     """Load pipelines and return one whose UNet is the affine combination of theirs.
 
@@ -163,6 +164,7 @@ def merge_pipelines(
         weights: one finite weight per source, used as given (see :func:`merge_state_dicts`).
         out: if given, save the merged pipeline here (written atomically) with ``merge.json``.
         modality: ``image`` or ``audio`` (default: read from the first source).
+        force: replace ``out`` even if it holds files mixstudio did not write.
 
     Returns:
         The first source's pipeline holding the merged UNet weights.
@@ -175,7 +177,7 @@ def merge_pipelines(
         raise ValueError(f"give at least two models to merge, got {len(sources)}")
     check_weights(weights, len(sources))
     if out is not None:
-        check_output_dir(out)
+        check_output_dir(out, force=force)
     names = [str(s) for s in sources]
     if modality is None:
         modalities = [model_modality(s) for s in sources]
@@ -188,7 +190,7 @@ def merge_pipelines(
     live = LiveMerge([load_pipeline(s, modality) for s in sources], names)
     live.set_weights(weights)
     if out is not None:
-        live.save(out)
+        live.save(out, force=force)
     return live.pipeline
 
 
@@ -199,6 +201,7 @@ def merge_adapter_files(
     out: str | Path | None = None,
     *,
     modality: Modality | None = None,
+    force: bool = False,
 ) -> StudioDiffusionPipeline:
     """Load ``base`` and return a copy whose UNet holds the adapter files merged in, file ``i`` at ``strengths[i]``.
 
@@ -211,6 +214,7 @@ def merge_adapter_files(
         strengths: one finite strength per file.
         out: if given, save the pipeline here (written atomically) with ``merge.json``.
         modality: ``image`` or ``audio`` (default: read from ``base``).
+        force: replace ``out`` even if it holds files mixstudio did not write.
 
     Raises:
         ValueError: for no adapters, bad strengths, an adapter whose header names another base model, one that
@@ -220,7 +224,7 @@ def merge_adapter_files(
         raise ValueError("give at least one adapter file to merge into the base model")
     check_weights(strengths, len(adapters))
     if out is not None:
-        check_output_dir(out)
+        check_output_dir(out, force=force)
     pipe = load_pipeline(base, modality or model_modality(base))
     pipe = adapted_pipeline(pipe, list(zip(adapters, strengths, strict=True)), base_model_id=str(base))
     if out is not None:
@@ -228,7 +232,7 @@ def merge_adapter_files(
             "base": str(base), "adapters": [str(a) for a in adapters], "strengths": [float(s) for s in strengths],
             "rule": "adapter i applied at strength i, merged into the UNet",
         }  # fmt: skip
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, force=force) as tmp:
             pipe.save_pretrained(tmp)
             atomic_write_text(tmp / "merge.json", json.dumps(record, indent=2) + "\n")
     return pipe
@@ -280,12 +284,12 @@ class LiveMerge:
             self.weights = weights
         return self.pipeline
 
-    def save(self, out: str | Path) -> Path:
+    def save(self, out: str | Path, force: bool = False) -> Path:
         """Write the live pipeline to ``out`` atomically, with ``merge.json`` naming sources and weights."""
         if self.weights is None:
             raise ValueError("call set_weights before save: no merge has been computed yet")
         out = Path(out)
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, force=force) as tmp:
             self.pipeline.save_pretrained(tmp)
             record = {"sources": self.names, "weights": self.weights, "rule": "sum_i weights[i] * unet_i"}
             atomic_write_text(tmp / "merge.json", json.dumps(record, indent=2) + "\n")

@@ -46,7 +46,8 @@ def test_generate_writes_images_and_a_manifest_eval_reads(tmp_path, capsys, tiny
     assert [i["seed"] for i in manifest["items"]] == [5, 6, 7]
     assert manifest["meta"]["guidance"] == 3.0 and manifest["meta"]["scheduler"] == "dpm++"
     assert manifest["meta"]["guidance_rescale"] == 0.0 and manifest["meta"]["guidance_interval"] == [0.0, 1.0]
-    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "0002.png", "grid.png", "manifest.json"]
+    files = ["0000.png", "0001.png", "0002.png", "grid.png", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".mixstudio", *files]
 
     refined = tmp_path / "refined"
     extra = ["--guidance-rescale", "0.7", "--guidance-interval", "0", "0.5"]

@@ -1,9 +1,10 @@
 import json
+import re
 
 import numpy as np
 import pytest
 
-from studio.io import atomic_dir, check_output_dir, read_image, read_wav, write_png, write_wav
+from studio.io import MARKER, atomic_dir, check_output_dir, read_image, read_wav, write_png, write_wav
 from studio.manifest import read_manifest
 
 
@@ -11,15 +12,49 @@ def test_atomic_dir_leaves_nothing_on_error_and_keeps_the_old_folder(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
+    (out / MARKER).write_text("{}")  # a folder mixstudio wrote earlier
     with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
         (tmp / "half.txt").write_text("new")
         raise RuntimeError("crash mid-write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "keep.txt"]
     with atomic_dir(out) as tmp:
         (tmp / "new.txt").write_text("new")
-    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_folder_mixstudio_did_not_write_is_replaced_only_when_forced(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds files mixstudio did not write; .* or pass --force"):
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    with atomic_dir(out, force=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "new.txt"]
+    (tmp_path / "empty").mkdir()
+    with atomic_dir(tmp_path / "empty") as tmp:  # an empty folder is free to take
+        (tmp / "a.txt").write_text("a")
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        (".", "is not a new folder's name"),
+        ("..", "is not a new folder's name"),
+        ("/proc/x", "cannot be written here"),
+        ("/sys/kernel/x", "cannot be written here"),
+        ("a" * 300, "cannot be written here (File name too long)"),
+    ],
+)
+def test_unusable_destinations_are_refused_in_one_line_before_any_work(path, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        check_output_dir(path)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
 
 
 def test_output_path_that_is_a_file_is_refused(tmp_path):

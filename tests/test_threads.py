@@ -41,7 +41,7 @@ def test_passive_waits_are_set_before_torch_starts_and_a_users_policy_is_kept():
 def test_the_cli_runs_with_threads_and_gives_the_setting_back(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     seen = []
-    monkeypatch.setitem(COMMANDS, "world", lambda args: seen.append(torch.get_num_threads()) or 0)
+    monkeypatch.setattr(COMMANDS["world"], "run", lambda args: seen.append(torch.get_num_threads()) or 0)
     before = torch.get_num_threads()
     assert main(["--threads", "1", "world", "shapes", "--out", str(tmp_path / "w")]) == 0
     assert seen == [1] and torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ

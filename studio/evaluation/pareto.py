@@ -108,6 +108,7 @@ def pareto_eval(
     world: str | None = None,
     progress: bool = True,
     compile: bool = False,
+    force: bool = False,
 ) -> ParetoReport:
     """Sample and score the base model's CFG curve, the students and the quality-diversity merges.
 
@@ -122,6 +123,7 @@ def pareto_eval(
         lambdas: merge weights of the diversity student (0 = quality student, 1 = diversity student).
         per_prompt, steps, seed: sampling settings shared by every point.
         world: the world whose held-out prompts and judges are used (default: the base model's).
+        force: replace ``out`` even if it holds files mixstudio did not write.
         compile: compile each model's UNet once, before its first point (``studio.pipelines.compile_pipeline``).
 
     Raises:
@@ -135,7 +137,7 @@ def pareto_eval(
         raise ValueError("merges need both --quality and --diversity students (or neither)")
     if any(not 0 <= lam <= 1 for lam in lambdas):
         raise ValueError(f"merge weights λ must be in [0, 1], got {list(lambdas)}")
-    out = check_output_dir(out)
+    out = check_output_dir(out, force=force)
     unguided = dict(students or {})
     if quality is not None:
         unguided |= {QUALITY: quality, DIVERSITY: diversity}
@@ -144,7 +146,7 @@ def pareto_eval(
     # load every student once before any sampling, so a bad path fails in seconds, not after the CFG curve
     conditioned = {label: reads_guidance(model, modality) for label, model in unguided.items()}
     points: list[ParetoPoint] = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, force=force) as tmp:
         loaded: dict[str, Any] = {}
 
         def pipeline(model: str) -> Any:

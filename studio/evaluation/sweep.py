@@ -122,6 +122,7 @@ def guidance_sweep(
     judge: Role = "eval",
     progress: bool = True,
     compile: bool = False,
+    force: bool = False,
 ) -> SweepReport:
     """Sample ``model`` on its world's held-out prompts at each guidance scale and score every folder.
 
@@ -136,6 +137,7 @@ def guidance_sweep(
         world: the world whose prompts and judges are used (default: the model's).
         judge: ``eval`` for reported numbers; ``reward`` to compare with what trainers optimise.
         progress: show progress bars.
+        force: replace ``out`` even if it holds files mixstudio did not write.
         compile: compile the UNet first (pays off over many points; see ``studio.pipelines.compile_pipeline``).
 
     Raises:
@@ -148,7 +150,7 @@ def guidance_sweep(
     check_per_prompt(per_prompt)
     for w in scales:  # every setting is checked before any sampling starts
         Guidance(w, guidance_rescale, guidance_interval)
-    out = check_output_dir(out)
+    out = check_output_dir(out, force=force)
     from studio.pipelines import compile_pipeline, load_pipeline
 
     pipe = load_pipeline(model, modality)
@@ -157,7 +159,7 @@ def guidance_sweep(
     world_name = world or model_world(model, modality)
     prompts = eval_prompt_texts(world_name)
     points = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, force=force) as tmp:
         for w in scales:
             folder = tmp / f"guidance-{w:g}"
             reports, samples = sample_and_score(

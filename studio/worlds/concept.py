@@ -61,7 +61,7 @@ def render_concept(n: int, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
-def write_concept(out: str | Path, n: int, seed: int = 0) -> list[Path]:
+def write_concept(out: str | Path, n: int, seed: int = 0, force: bool = False) -> list[Path]:
     """Write :func:`render_concept`'s images as ``out/concept-NN.png`` (the folder replaced atomically).
 
     Returns:
@@ -71,7 +71,7 @@ def write_concept(out: str | Path, n: int, seed: int = 0) -> list[Path]:
 
     images = render_concept(n, seed)
     names = [f"concept-{i:02d}.png" for i in range(n)]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, force=force) as tmp:
         for name, image in zip(names, images, strict=True):
             write_png(tmp / name, image)
     return [Path(out) / name for name in names]

@@ -33,10 +33,10 @@ def draw_samples(world: World, n: int, seed: int, per_prompt: int | None = None)
     ]
 
 
-def export_samples(world: World, samples: list[Sample], out: str | Path, meta: dict) -> Path:
+def export_samples(world: World, samples: list[Sample], out: str | Path, meta: dict, force: bool = False) -> Path:
     """Write samples, ``grid.png``, stems (audio) and ``manifest.json`` into ``out`` atomically."""
     items = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, force=force) as tmp:
         for i, sample in enumerate(samples):
             if world.modality == "image":
                 name = f"{i:04d}.png"

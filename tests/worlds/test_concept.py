@@ -38,7 +38,9 @@ def test_concept_images_are_orange_crescents_reproducible_by_seed(tmp_path, caps
         render_concept(0)
 
     assert main(["--quiet", "world", "shapes", "--concept", "--n", "3", "--out", str(tmp_path / "c")]) == 0
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [f"concept-0{i}.png" for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".mixstudio"] + [
+        f"concept-0{i}.png" for i in range(3)
+    ]
     assert np.array_equal(read_image(tmp_path / "c" / "concept-02.png"), images[2])
     assert "finetune --set data.dir=" in capsys.readouterr().out
     assert main(["--quiet", "world", "synth", "--concept", "--out", str(tmp_path / "d")]) == 2

@@ -1,0 +1,185 @@
+"""``mixstudio world``, ``generate`` and ``sweep``: folders of samples, and the guidance sweep over them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from studio.cli.common import (
+    COMPILE_HELP,
+    MAX_ADAPTER_SCALE,
+    MAX_PROMPT_CHARS,
+    MAX_SAMPLES,
+    add_out,
+    add_sampler,
+    check_model_and_world,
+    check_sampling_flags,
+    modality_of,
+)
+
+
+def add_world(sub: argparse._SubParsersAction) -> None:
+    world = sub.add_parser("world", help="render samples of a procedural world into a folder")
+    world.add_argument("name", help="world name: shapes or synth")
+    world.add_argument("--n", type=int, default=16, help="number of samples")
+    world.add_argument("--seed", type=int, default=0, help="base seed of the sample stream")
+    world.add_argument(
+        "--per-prompt",
+        type=int,
+        default=None,
+        help="draw this many samples per held-out eval prompt (for diversity) instead of random captions",
+    )
+    world.add_argument(
+        "--concept",
+        action="store_true",
+        help="shapes only: render the personalisation concept (an orange crescent the world never shows) instead",
+    )
+    add_out(world, "output folder (replaced atomically)")
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from studio.checks import check_seed
+    from studio.io import check_output_dir
+    from studio.worlds import get_world
+    from studio.worlds.export import draw_samples, export_samples
+
+    world = get_world(args.name)
+    check_seed("--seed", args.seed)
+    check_output_dir(args.out, force=args.force)
+    if args.concept:
+        return write_concept(args)
+    samples = draw_samples(world, args.n, args.seed, args.per_prompt)
+    meta = {"source": "world", "seed": args.seed, "per_prompt": args.per_prompt}
+    out = export_samples(world, samples, args.out, meta, force=args.force)
+    print(f"wrote {len(samples)} {world.name} samples, grid.png and manifest.json to {out}")
+    return 0
+
+
+def write_concept(args: argparse.Namespace) -> int:
+    from studio.worlds.concept import write_concept as write_images
+
+    if args.name != "shapes" or args.per_prompt is not None:
+        raise ValueError("--concept renders a shapes concept: `mixstudio world shapes --concept` (no --per-prompt)")
+    files = write_images(args.out, args.n, args.seed, force=args.force)
+    print(
+        f"wrote {len(files)} concept images to {args.out}; teach them with "
+        f"`mixstudio train finetune --set data.dir={args.out}`"
+    )
+    return 0
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser("generate", help="generate images or music into a folder with a manifest")
+    gen.add_argument("modality", choices=("image", "music"))
+    gen.add_argument("prompt", nargs="?", default=None, help="text prompt (omit with --prompt-set eval)")
+    gen.add_argument("-n", type=int, default=1, help="samples per prompt")
+    gen.add_argument(
+        "--prompt-set",
+        choices=("eval",),
+        default=None,
+        help="use the world's held-out evaluation prompts instead of PROMPT",
+    )
+    gen.add_argument("--model", default=None, help="embedded name (shapes, synth), a pipeline folder, or a hub id")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--guidance", type=float, default=None, help="CFG scale (1 = none; default 2 images, 4 music)")
+    add_sampler(gen)
+    gen.add_argument("--length", type=float, default=None, help="music clip length in seconds")
+    gen.add_argument("--world", default=None, help="world whose judges score the output (default: the model's)")
+    gen.add_argument("--adapter", type=Path, default=None, help="adapter file to apply (RUN_DIR/adapter.safetensors)")
+    gen.add_argument("--adapter-scale", type=float, default=1.0, help="adapter strength (1 = as trained)")
+    add_out(gen, "output folder (replaced atomically)")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from studio.checks import check_number, check_text
+    from studio.generation import DEFAULT_MODEL, eval_prompt_texts, generate, progress_bar, write_samples
+    from studio.io import check_output_dir
+
+    modality = modality_of(args.modality)
+    check_sampling_flags(args)
+    if args.length is not None:
+        check_number("--length", args.length, 0.001, 600)
+    if args.adapter is not None and not args.adapter.is_file():
+        raise ValueError(f"--adapter {str(args.adapter)!r} is not a file; pass RUN_DIR/adapter.safetensors")
+    check_number("--adapter-scale", args.adapter_scale, -MAX_ADAPTER_SCALE, MAX_ADAPTER_SCALE)
+    if args.negative_prompt is not None and len(args.negative_prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"--negative-prompt has {len(args.negative_prompt)} characters; the limit is {MAX_PROMPT_CHARS}"
+        )
+    check_output_dir(args.out, force=args.force)
+    model = args.model or DEFAULT_MODEL[modality]
+    world = check_model_and_world(model, modality, args.world)
+    if args.prompt_set == "eval":
+        if args.prompt is not None:
+            raise ValueError("give either PROMPT or --prompt-set eval, not both")
+        prompts = eval_prompt_texts(world)
+    else:
+        prompts = [check_text("prompt", args.prompt or "", MAX_PROMPT_CHARS, example="a red circle")]
+    total = len(prompts) * args.n
+    if not 1 <= total <= MAX_SAMPLES:
+        raise ValueError(f"-n gives {total} samples; allowed 1 to {MAX_SAMPLES}")
+    with progress_bar(f"generate {args.modality}", not args.quiet) as bar:
+        samples = generate(
+            model,
+            prompts,
+            modality=modality,
+            num_per_prompt=args.n,
+            negative_prompt=args.negative_prompt,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            guidance_rescale=args.guidance_rescale,
+            guidance_interval=tuple(args.guidance_interval),
+            seed=args.seed,
+            scheduler=args.scheduler,
+            audio_length_in_s=args.length,
+            adapters=[(args.adapter, args.adapter_scale)] if args.adapter is not None else [],
+            progress=bar,
+        )
+    write_samples(samples, args.out, world=world, force=args.force)
+    print(f"wrote {len(samples)} {args.modality} samples, grid.png and manifest.json to {args.out}")
+    return 0
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    sweep = sub.add_parser("sweep", help="generate on the held-out prompts at several guidance scales and score")
+    sweep.add_argument("modality", choices=("image", "music"))
+    sweep.add_argument("--model", default=None, help="embedded name (shapes, synth), a pipeline folder, or a hub id")
+    sweep.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0, 6.0], help="guidance scales")
+    sweep.add_argument("-n", type=int, default=4, help="samples per prompt (>= 2)")
+    add_sampler(sweep)
+    sweep.add_argument("--world", default=None, help="world whose prompts and judges are used (default: the model's)")
+    sweep.add_argument("--judge", choices=("eval", "reward"), default="eval", help="which judge scores")
+    add_out(sweep, "output folder (replaced atomically)")
+    sweep.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from studio.checks import check_int
+    from studio.evaluation import guidance_sweep
+    from studio.generation import DEFAULT_MODEL
+
+    modality = modality_of(args.modality)
+    check_sampling_flags(args)
+    check_int("-n", args.n, 1, 64)  # one sample per prompt is refused below: diversity needs pairs
+    model = args.model or DEFAULT_MODEL[modality]
+    world = check_model_and_world(model, modality, args.world)
+    report = guidance_sweep(
+        model,
+        modality,
+        args.guidance,
+        out=args.out,
+        per_prompt=args.n,
+        steps=args.steps,
+        seed=args.seed,
+        scheduler=args.scheduler,
+        guidance_rescale=args.guidance_rescale,
+        guidance_interval=tuple(args.guidance_interval),
+        world=world,
+        judge=args.judge,
+        progress=not args.quiet,
+        compile=args.compile,
+        force=args.force,
+    )
+    print(report.table())
+    print(f"wrote {args.out}/sweep.md, sweep.json, sweep.png and one folder per guidance scale")
+    return 0
