@@ -28,9 +28,9 @@ def test_a_folder_mixstudio_did_not_write_is_replaced_only_when_forced(tmp_path)
     out = tmp_path / "mine"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="holds files mixstudio did not write; .* or pass --force"):
-        with atomic_dir(out) as tmp:
-            (tmp / "new.txt").write_text("new")
+    refused = r"holds files mixstudio did not write; .* or pass --force"
+    with pytest.raises(ValueError, match=refused), atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
     with atomic_dir(out, force=True) as tmp:
