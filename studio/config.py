@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,6 +31,22 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         raise ValueError(f"{cls.__name__} has no fields {unknown}; known fields: {sorted(names)}")
     kwargs = {key: _coerce(hints[key], value, key) for key, value in data.items()}
     return cls(**kwargs)
+
+
+def check_finite_fields(config: Any, prefix: str = "") -> None:
+    """Refuse a (nested) config with a NaN or inf in any number field, tuple or options dict.
+
+    Raises:
+        ValueError: naming the first such field.
+    """
+    from studio.guards import is_finite
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_finite_fields(value, f"{prefix}{f.name}.")
+        elif not is_finite(value):
+            raise ValueError(f"{prefix}{f.name} must be a finite number, got {value!r}")
 
 
 def save_json(config: Any, path: str | Path) -> None:
@@ -130,9 +147,12 @@ def parse_value(tp: Any, raw: str, key: str) -> Any:
         return raw.lower() in ("true", "1", "yes")
     if tp in (int, float, str, Path):
         try:
-            return tp(raw)
+            value = tp(raw)
         except ValueError:
             raise ValueError(f"--set {key}={raw}: expected {tp.__name__}") from None
+        if tp is float and not math.isfinite(value):
+            raise ValueError(f"--set {key}={raw}: expected a finite number")
+        return value
     raise ValueError(f"--set {key}: fields of type {tp} cannot be set from the command line")
 
 

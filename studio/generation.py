@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from studio.guards import check_finite
 from studio.guidance import default_guidance
 from studio.io import atomic_dir, write_png, write_wav
 from studio.manifest import Manifest, ManifestItem, write_manifest
@@ -33,6 +34,8 @@ Modality = Literal["image", "audio"]
 DEFAULT_WORLD: dict[str, str] = {"image": "shapes", "audio": "synth"}
 #: The embedded base model of each modality.
 DEFAULT_MODEL: dict[str, str] = {"image": "shapes", "audio": "synth"}
+#: What to change when a sampler's output is NaN or inf.
+NON_FINITE_SAMPLES = "lower the guidance scale or the adapter strength, or check the model and adapter weights"
 #: Pipeline calls sample this many (prompt, seed) jobs at once.
 BATCH_SIZE = 16
 
@@ -158,7 +161,9 @@ def generate(
         for b in range(0, len(texts), batch_size):
             generators = [torch.Generator().manual_seed(s) for s in jobs_seeds[b : b + batch_size]]
             out = pipe(prompt=texts[b : b + batch_size], generator=generators, **kwargs)
-            data += list(to_uint8(out.images)) if modality == "image" else list(out.audios)
+            raw = out.images if modality == "image" else out.audios
+            check_finite(raw, f"sampling {texts[b]!r} (seed {jobs_seeds[b]})", NON_FINITE_SAMPLES)
+            data += list(to_uint8(raw)) if modality == "image" else list(raw)
     settings = _settings(name, kwargs, scheduler, jobs_seeds[0] if jobs_seeds else seed, num_per_prompt, adapters)
     return Samples(
         data=data,

@@ -84,6 +84,10 @@ def merge_state_dicts(state_dicts: Sequence[Mapping[str, torch.Tensor]], weights
     return merged
 
 
+#: Merge weights (and adapter strengths) beyond this only push weights out of the range the model was trained in.
+MAX_WEIGHT = 10.0
+
+
 def check_weights(weights: Sequence[float], count: int) -> None:
     """Refuse a weight list that does not hold ``count`` finite numbers.
 
@@ -94,6 +98,11 @@ def check_weights(weights: Sequence[float], count: int) -> None:
         raise ValueError(f"got {len(weights)} weights for {count} models; give one weight per model")
     if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) for w in weights):
         raise ValueError(f"merge weights must be finite numbers, got {list(weights)}")
+    if any(abs(w) > MAX_WEIGHT for w in weights):
+        raise ValueError(
+            f"merge weights must be between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g}, got {list(weights)}; a weight that "
+            "large only scales the model out of its range"
+        )
 
 
 def _check_same_layout(ref: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor], index: int) -> None:

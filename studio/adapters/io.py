@@ -30,6 +30,7 @@ from studio.adapters.base import layer_shape
 from studio.adapters.inject import adapter_state_dict, add_adapter, delete_adapter, layers_with, set_adapter_scale
 from studio.adapters.layer import AdapterLayer
 from studio.adapters.registry import AdapterConfig, adapter_class, config_from_dict, config_to_dict
+from studio.guards import check_finite
 from studio.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def save_adapter(model: nn.Module, name: str, path: str | Path, *, base_model_id
         "scale": next(iter(scales.values())) if len(set(scales.values())) == 1 else scales,
     }
     tensors = {key: value.contiguous() for key, value in adapter_state_dict(model, name).items()}
+    check_finite(tensors, f"adapter {name!r}", "its training diverged; nothing was saved (lower the learning rate)")
     path = Path(path)
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={HEADER_KEY: json.dumps(header)}))
     return path
@@ -97,7 +99,22 @@ def read_adapter_header(path: str | Path) -> dict[str, Any]:
             f"adapter file {str(path)!r} has no {HEADER_KEY!r} header; it was not written by save_adapter "
             "(for PEFT folders use studio.adapters.import_peft_lora)"
         )
-    return json.loads(metadata[HEADER_KEY])
+    try:
+        header = json.loads(metadata[HEADER_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"adapter file {str(path)!r} has a header that is not valid JSON ({err}); re-save it"
+        ) from None
+    required = {"name": str, "method": str, "config": dict, "targets": list}
+    bad = [
+        key for key, kind in required.items() if not isinstance(header, dict) or not isinstance(header.get(key), kind)
+    ]
+    if bad or not all(isinstance(t, str) for t in header["targets"]):
+        raise ValueError(
+            f"adapter file {str(path)!r} has a header without a valid {(bad or ['targets'])[0]!r}; re-save it with "
+            "save_adapter"
+        )
+    return header
 
 
 def _check_base_model(path: Path, saved: str | None, expected: str | None) -> None:
@@ -156,9 +173,13 @@ def load_adapter(
     path = Path(path)
     header = read_adapter_header(path)
     _check_base_model(path, header.get("base_model_id"), base_model_id)
-    config = config_from_dict(header["method"], header["config"])
+    try:
+        config = config_from_dict(header["method"], header["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"adapter file {str(path)!r}: {err}") from None
     targets = list(header["targets"])
     tensors = safetensors.torch.load_file(str(path))
+    check_finite(tensors, f"adapter file {str(path)!r}", "it was saved from a diverged run; retrain it")
     _check_targets(path, model, targets, config, tensors)
     name = header["name"] if name is None else name
     wrapped = add_adapter(model, name, config, targets=[f"re:{re.escape(t)}" for t in targets])

@@ -367,10 +367,12 @@ def run_config(config: Any, command: str = "") -> Any:
     Raises:
         ValueError: for a config type no trainer owns.
     """
+    from studio.config import check_finite_fields
     from studio.judges.train import train_judge
     from studio.trainers.launch import run_trainer
 
     if isinstance(config, JudgeTrainConfig):  # judges train with their own short loop (no diffusion model)
+        check_finite_fields(config)
         return train_judge(config, command=command)
     trainer = TRAINERS.get(type(config))
     if trainer is None:

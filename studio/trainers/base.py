@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -28,22 +27,26 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from studio.config import to_dict
 from studio.io import atomic_dir, atomic_write_text
 from studio.models.zoo import Role
+from studio.trainers.checkpoint import (
+    CHECKPOINTS,
+    latest_checkpoint,
+    read_checkpoint,
+    remove_orphans,
+    truncate_log,
+    write_checkpoint,
+)
 from studio.trainers.launch import check_process_count, make_accelerator
 
 if TYPE_CHECKING:
     from studio.evaluation import EvalReport
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 
 
 @dataclass(kw_only=True)
@@ -232,8 +235,13 @@ class Trainer(ABC):
         self.build()
         self.lr_scheduler = cosine_with_warmup(self.optimizer, self.config.lr_warmup_steps, self.config.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        if self.config.resume and (self.out / CHECKPOINTS / LATEST).is_file():
-            self.load_checkpoint(self.latest_checkpoint())
+        if self.accelerator.is_main_process:
+            remove_orphans(self.out / CHECKPOINTS)
+        latest = self.latest_checkpoint() if self.config.resume else None
+        if latest is not None:
+            self.load_checkpoint(latest)
+            if self.accelerator.is_main_process:
+                truncate_log(self.out / "log.csv", self.step)
 
     def fit(self) -> dict[str, float]:
         """Train to ``max_steps`` (or the time budget); returns the last logged metrics."""
@@ -284,9 +292,11 @@ class Trainer(ABC):
             batch = self.load_batch(self.step, self.local_indices(self.step))
         self.model.train()
         loss, metrics = self.train_step(batch)
+        self._check_finite(loss, "the loss")
         self.accelerator.backward(loss)
-        if self.config.grad_clip is not None:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        clip = self.config.grad_clip if self.config.grad_clip is not None else float("inf")
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), clip)
+        self._check_finite(norm, "the gradient norm")
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -296,6 +306,17 @@ class Trainer(ABC):
         values = torch.tensor([loss.item(), *metrics.values()], device=self.accelerator.device)
         values = self.accelerator.reduce(values, reduction="mean").tolist()
         return dict(zip(["loss", *metrics], values, strict=True))
+
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+        """Stop training at this step, before the update, when ``value`` is NaN or inf (any process)."""
+        bad = torch.tensor(0.0 if torch.isfinite(value).all() else 1.0, device=self.accelerator.device)
+        if self.accelerator.reduce(bad, reduction="sum").item() > 0:
+            latest = self.latest_checkpoint()
+            kept = f"the last good checkpoint is {str(latest)!r}" if latest else "no checkpoint was written"
+            raise ValueError(
+                f"step {self.step + 1}: {what} is not finite (NaN or inf); training stopped and {kept}; lower lr, "
+                "set grad_clip, or check the data"
+            )
 
     def after_step(self) -> None:
         """Hook after each optimizer step (EMA updates)."""
@@ -367,47 +388,58 @@ class Trainer(ABC):
         self.accelerator.unwrap_model(self.model).load_state_dict(state)
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/step-XXXXXXXX`` atomically and point ``latest`` at it."""
+        """Write ``checkpoints/step-XXXXXXXX`` whole and point ``latest`` at it (main process)."""
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
-        root = self.out / CHECKPOINTS
-        path = root / f"step-{self.step:08d}"
-        with atomic_dir(path, name="checkpoint") as tmp:
-            save_file(self.trainable_state(), tmp / "model.safetensors")
-            extra = {k: v.detach().cpu().contiguous() for k, v in self.extra_state().items()}
-            extra["rng.torch"] = torch.get_rng_state()
-            save_file(extra, tmp / "extra.safetensors")
-            torch.save(
-                {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()},
-                tmp / "optimizer.pt",
-            )
-            state = {"step": self.step, "config": to_dict(self.config)}
-            atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
-        atomic_write_text(root / LATEST, path.name + "\n")
-        for old in sorted(root.glob("step-*"))[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return path
+        extra = {k: v.detach().cpu().contiguous() for k, v in self.extra_state().items()}
+        extra["rng.torch"] = torch.get_rng_state()
+        optimizer = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
+        return write_checkpoint(
+            self.out / CHECKPOINTS, self.step, self.trainable_state(), extra, optimizer, to_dict(self.config),
+            self.config.keep_checkpoints,
+        )  # fmt: skip
 
-    def latest_checkpoint(self) -> Path:
-        root = self.out / CHECKPOINTS
-        path = root / (root / LATEST).read_text().strip()
-        if not (path / "trainer_state.json").is_file():
-            raise ValueError(f"checkpoint {str(path)!r} named by {str(root / LATEST)!r} is incomplete; delete it")
-        return path
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint ``checkpoints/latest`` names (None: none yet)."""
+        return latest_checkpoint(self.out / CHECKPOINTS)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore weights, optimizer, scheduler, step and RNG from a checkpoint folder."""
-        state = json.loads((path / "trainer_state.json").read_text())
-        self.load_trainable_state(load_file(path / "model.safetensors"))
-        extra = load_file(path / "extra.safetensors")
-        torch.set_rng_state(extra.pop("rng.torch"))
-        self.load_extra_state(extra)
-        opt = torch.load(path / "optimizer.pt", weights_only=True)  # our own file; never unpickles objects
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.lr_scheduler.load_state_dict(opt["lr_scheduler"])
-        self.step = int(state["step"])
+        """Restore weights, optimizer, scheduler, step and RNG from a checkpoint folder.
+
+        The learning rate is the config's: a changed ``lr`` applies from the resumed step on (with a warning),
+        instead of being overwritten by the saved optimizer state.
+
+        Raises:
+            ValueError: for unreadable files, or weights or optimizer state that do not fit this run's model
+                (another adapter rank, another architecture), naming the file and the fix.
+        """
+        saved = read_checkpoint(path)
+        try:
+            self.load_trainable_state(saved.model)
+            self.optimizer.load_state_dict(saved.optimizer["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(
+                f"checkpoint {str(path)!r} does not fit this run's model ({first[:160]}); the run was started with "
+                "another architecture or adapter settings: use a new --out, or the settings it was started with"
+            ) from None
+        torch.set_rng_state(saved.extra.pop("rng.torch"))
+        self.load_extra_state(saved.extra)
+        self.lr_scheduler.load_state_dict(saved.optimizer["lr_scheduler"])
+        self.step = saved.step
+        self._apply_config_lr(float(saved.config.get("lr", self.config.lr)))
         logger.info("resumed from %s at step %d", path, self.step)
+
+    def _apply_config_lr(self, saved_lr: float) -> None:
+        """Make the schedule's peak lr the config's, whatever the checkpoint's optimizer held."""
+        if saved_lr != self.config.lr:
+            logger.warning("lr changed from %g to %g on resume; the schedule continues with %g", saved_lr,
+                           self.config.lr, self.config.lr)  # fmt: skip
+        self.lr_scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        factor = self.lr_scheduler.lr_lambdas[0](self.lr_scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"] = self.config.lr, self.config.lr * factor
 
 
 class _StepBatches(Dataset):
