@@ -9,6 +9,8 @@ from studio.kernels.attention import (
     FlashAttentionFunction,
     TwoBranchAttentionFunction,
     flash_attention,
+    load_kernels,
+    triton_environment,
     triton_unavailable,
     two_branch_attention,
 )
@@ -23,6 +25,8 @@ __all__ = [
     "attention_reference",
     "default_scale",
     "flash_attention",
+    "load_kernels",
+    "triton_environment",
     "triton_unavailable",
     "two_branch_attention",
     "two_branch_reference",

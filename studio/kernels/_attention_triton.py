@@ -31,6 +31,14 @@ INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
 LOG2E = 1.4426950408889634
 
+# Only Triton builtins below. tl.zeros, tl.max and tl.sum are themselves @triton.jit functions, built for the GPU
+# or for the interpreter once, when triton is first imported (diffusers imports it, via torch._dynamo, before any
+# test can set TRITON_INTERPRET). tl.full and tl.reduce are builtins, and the interpreter runs reductions over
+# these two combine functions (the ones tl.max and tl.sum use) with numpy, so studio.kernels.load_kernels can
+# build these kernels for the interpreter in any process. The compiled code is the same as tl.max / tl.sum.
+_MAX_COMBINE = tl.standard._elementwise_max
+_SUM_COMBINE = tl.standard._sum_combine
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tile helpers: a (rows, BLOCK) tile of a (seq, head_dim) slice starting at column col0, masked at both edges.
@@ -71,11 +79,21 @@ def _second_piece(base, rows, stride_row, row_ok, HEAD_DIM: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def _row_max(x):
+    return tl.reduce(x, 1, _MAX_COMBINE)
+
+
+@triton.jit
+def _row_sum(x):
+    return tl.reduce(x, 1, _SUM_COMBINE)
+
+
+@triton.jit
 def _zeros_second(ROWS: tl.constexpr, BLOCK_D2: tl.constexpr):
     """A float32 accumulator for the second head-dim piece (a 1-column placeholder when there is none)."""
     if BLOCK_D2 == 0:
-        return tl.zeros([ROWS, 1], dtype=tl.float32)
-    return tl.zeros([ROWS, BLOCK_D2], dtype=tl.float32)
+        return tl.full([ROWS, 1], 0.0, dtype=tl.float32)
+    return tl.full([ROWS, BLOCK_D2], 0.0, dtype=tl.float32)
 
 
 @triton.jit
@@ -100,8 +118,8 @@ def _fwd_branch(q, q2, K, V, Bias, seq_k, stride_kn, stride_vn, qk_scale,
     """
     offs_n = tl.arange(0, BLOCK_N)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
     acc2 = _zeros_second(BLOCK_M, BLOCK_D2)
     for start_n in range(0, seq_k, BLOCK_N):
         keys = start_n + offs_n
@@ -112,12 +130,12 @@ def _fwd_branch(q, q2, K, V, Bias, seq_k, stride_kn, stride_vn, qk_scale,
         if HAS_BIAS:
             s += tl.load(Bias + keys, mask=key_ok, other=0.0)[None, :] * 1.4426950408889634
         s = tl.where(key_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, _row_max(s))
         # a row with every key so far masked keeps m = -inf; subtracting 0 instead keeps exp2 at 0, not NaN
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.math.exp2(s - m_ref[:, None])
         alpha = tl.math.exp2(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + _row_sum(p)
         p_in = p.to(V.dtype.element_ty)
         v = _load_rows(V, keys, stride_vn, key_ok, 0, HEAD_DIM, BLOCK_D)
         acc = acc * alpha[:, None] + tl.dot(p_in, v, input_precision=PRECISION)
@@ -233,8 +251,8 @@ def _bwd_preprocess_kernel(
     if TWO_BRANCH:
         o1 = _load_rows(Branches + base, rows, stride_om, row_ok, 0, HEAD_DIM, BLOCK_DP).to(tl.float32)
         o2 = _load_rows(Branches + stride_branch + base, rows, stride_om, row_ok, 0, HEAD_DIM, BLOCK_DP)
-        dw1 = tl.sum(do * o1, 1)
-        dw2 = tl.sum(do * o2.to(tl.float32), 1)
+        dw1 = _row_sum(do * o1)
+        dw2 = _row_sum(do * o2.to(tl.float32))
         w_ptrs = W + b * stride_wb + h * stride_wh + rows * stride_wm
         w1 = tl.load(w_ptrs, mask=row_ok, other=0.0)
         w2 = tl.load(w_ptrs + stride_wi, mask=row_ok, other=0.0)
@@ -245,7 +263,7 @@ def _bwd_preprocess_kernel(
         tl.store(dw_ptrs + tl.num_programs(1) * seq_q, dw2, mask=row_ok)
     else:
         o = _load_rows(Out + base, rows, stride_om, row_ok, 0, HEAD_DIM, BLOCK_DP).to(tl.float32)
-        tl.store(delta_ptrs, tl.sum(do * o, 1), mask=row_ok)
+        tl.store(delta_ptrs, _row_sum(do * o), mask=row_ok)
 
 
 @triton.jit
@@ -277,12 +295,12 @@ def _bwd_dkdv_kernel(
     k2 = _second_piece(k_base, keys, stride_kn, key_ok, HEAD_DIM, BLOCK_D, BLOCK_D2, False)
     v = _load_rows(v_base, keys, stride_vn, key_ok, 0, HEAD_DIM, BLOCK_D)
     v2 = _second_piece(v_base, keys, stride_vn, key_ok, HEAD_DIM, BLOCK_D, BLOCK_D2, False)
-    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    bias = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(Bias + b * stride_bb + h * stride_bh + keys, mask=key_ok, other=0.0) * 1.4426950408889634
 
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dk = tl.full([BLOCK_N, BLOCK_D], 0.0, dtype=tl.float32)
+    dv = tl.full([BLOCK_N, BLOCK_D], 0.0, dtype=tl.float32)
     dk2 = _zeros_second(BLOCK_N, BLOCK_D2)
     dv2 = _zeros_second(BLOCK_N, BLOCK_D2)
     q_base = Q + b * stride_qb + h * stride_qh
@@ -379,12 +397,12 @@ def _bwd_dq_kernel(
     do2 = _second_piece(do_base, rows, stride_dom, row_ok, HEAD_DIM, BLOCK_D, BLOCK_D2, False)
     row_stats = pid_bh * seq_q + rows
     w_ptrs = W + b * stride_wb + h * stride_wh + rows * stride_wm
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    dq = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
     dq2 = _zeros_second(BLOCK_M, BLOCK_D2)
 
     lse = tl.load(Lse + row_stats, mask=row_ok, other=float("inf"))
     delta = tl.load(Delta + row_stats, mask=row_ok, other=0.0)
-    w = tl.zeros([BLOCK_M], dtype=tl.float32)
+    w = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     if TWO_BRANCH:
         w = tl.load(w_ptrs, mask=row_ok, other=0.0)
     dq, dq2 = _dq_branch(

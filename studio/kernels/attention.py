@@ -14,8 +14,11 @@ once per reason, and return the float32 reference of :mod:`studio.kernels.refere
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
+import os
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -37,6 +40,48 @@ def _kernels() -> ModuleType:
     return _attention_launch
 
 
+def _interpreted() -> bool:
+    """Whether the kernels are (or, imported now, would be) built for the Triton interpreter; imports nothing."""
+    module = sys.modules.get("studio.kernels._attention_triton")
+    if module is not None:
+        return module.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def load_kernels(interpret: bool) -> ModuleType:
+    """Build the Triton kernels for the interpreter (CPU tensors, slow: tests, debugging) or for the GPU.
+
+    Triton reads ``TRITON_INTERPRET`` when ``@triton.jit`` runs, i.e. when the kernel module is imported. This sets
+    the variable as asked, (re-)imports the kernel modules and restores it, so it does not leak into subprocesses
+    or other libraries; triton's own library is left as it was (the kernels use only its builtins).
+    """
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    try:
+        from studio.kernels import _attention_launch, _attention_triton
+
+        if interpret != _attention_triton.INTERPRETED:
+            importlib.reload(_attention_triton)
+            importlib.reload(_attention_launch)
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+    return _attention_launch
+
+
+def triton_environment(device: torch.device) -> str | None:
+    """Why the Triton attention kernels cannot run on ``device`` in this process, or ``None`` when they can."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install 'mixstudio[kernels]')"
+    if device.type == "cpu" and not _interpreted():
+        return "the tensors are on the CPU and the Triton interpreter is off (TRITON_INTERPRET=1 at import)"
+    if device.type not in ("cpu", "cuda"):
+        return f"Triton has no backend for device {device.type!r}"
+    return None
+
+
 def triton_unavailable(q: torch.Tensor, key_biases: tuple[torch.Tensor | None, ...] = ()) -> str | None:
     """Why the Triton attention kernels cannot run on these inputs, or ``None`` when they can.
 
@@ -44,16 +89,12 @@ def triton_unavailable(q: torch.Tensor, key_biases: tuple[torch.Tensor | None, .
         q: the queries ``(B, Lq, H, D)`` (device, dtype and head dim decide).
         key_biases: the key biases that will be passed (one that requires grad cannot be used).
     """
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install 'mixstudio[kernels]')"
-    interpreted = _kernels().INTERPRETED
-    if q.device.type == "cpu" and not interpreted:
-        return "the tensors are on the CPU and the Triton interpreter is off (TRITON_INTERPRET=1 at import)"
-    if q.device.type not in ("cpu", "cuda"):
-        return f"Triton has no backend for device {q.device.type!r}"
+    reason = triton_environment(q.device)
+    if reason is not None:
+        return reason
     if q.dtype not in _KERNEL_DTYPES:
         return f"dtype {q.dtype} is not one of float16, bfloat16, float32"
-    if interpreted and q.dtype == torch.bfloat16:
+    if _interpreted() and q.dtype == torch.bfloat16:
         return "the Triton interpreter has no bfloat16 (numpy)"
     if q.shape[-1] > MAX_HEAD_DIM:
         return f"head_dim {q.shape[-1]} > {MAX_HEAD_DIM}"
