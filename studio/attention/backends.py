@@ -172,6 +172,7 @@ def normalize_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) 
     if mask is None:
         return None
     batch, seq_q, heads, seq_k = q.shape[0], q.shape[1], q.shape[2], k.shape[1]
+    given = tuple(mask.shape)
     if mask.dim() == 2:
         mask = mask[:, None, None, :]
     elif mask.dim() == 3:
@@ -184,7 +185,7 @@ def normalize_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) 
         or mask.shape[3] != seq_k
     ):
         raise ValueError(
-            f"mask {tuple(mask.shape)} does not broadcast to (batch, heads, seq_q, seq_k) = "
+            f"mask {given} does not broadcast to (batch, heads, seq_q, seq_k) = "
             f"{(batch, heads, seq_q, seq_k)}; pass (B, Lk), (B, Lq or 1, Lk) or (B or 1, H or 1, Lq or 1, Lk)"
         )
     return mask

@@ -71,8 +71,8 @@ def _second_piece(base, rows, stride_row, row_ok, HEAD_DIM: tl.constexpr, BLOCK_
     """Columns ``BLOCK_D:BLOCK_D + BLOCK_D2`` of a tile, or an unused 1-column placeholder when BLOCK_D2 == 0."""
     if BLOCK_D2 == 0:
         if TRANSPOSED:
-            return tl.zeros([1, rows.shape[0]], dtype=base.dtype.element_ty)
-        return tl.zeros([rows.shape[0], 1], dtype=base.dtype.element_ty)
+            return tl.full([1, rows.shape[0]], 0.0, dtype=base.dtype.element_ty)
+        return tl.full([rows.shape[0], 1], 0.0, dtype=base.dtype.element_ty)
     if TRANSPOSED:
         return _load_cols(base, rows, stride_row, row_ok, BLOCK_D, HEAD_DIM, BLOCK_D2)
     return _load_rows(base, rows, stride_row, row_ok, BLOCK_D, HEAD_DIM, BLOCK_D2)

@@ -75,10 +75,10 @@ def attention_reference(
     bias = additive_mask(mask)
     if bias is not None:
         scores = scores + bias
-    row_max = scores.amax(dim=-1, keepdim=True)
-    empty = torch.isneginf(row_max)  # every key masked
-    probs = torch.exp(scores - torch.where(empty, 0.0, row_max))
-    probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    row_max = scores.amax(dim=-1, keepdim=True).detach()  # for range only: softmax does not depend on it
+    probs = torch.exp(scores - torch.where(torch.isneginf(row_max), 0.0, row_max))
+    total = probs.sum(dim=-1, keepdim=True)
+    probs = probs / torch.where(total == 0, 1.0, total)  # a row with every key masked: 0, and 0 gradient
     return (probs @ vf).transpose(1, 2).to(q.dtype)
 
 
