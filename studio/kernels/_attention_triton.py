@@ -68,14 +68,20 @@ def _store_rows(base, rows, stride_row, row_ok, col0, tile, HEAD_DIM: tl.constex
 @triton.jit
 def _second_piece(base, rows, stride_row, row_ok, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_D2: tl.constexpr, TRANSPOSED: tl.constexpr):  # fmt: skip
-    """Columns ``BLOCK_D:BLOCK_D + BLOCK_D2`` of a tile, or an unused 1-column placeholder when BLOCK_D2 == 0."""
+    """Columns ``BLOCK_D:BLOCK_D + BLOCK_D2`` of a tile, or an unused 1-column placeholder when BLOCK_D2 == 0.
+
+    One return statement: the compiler type-checks every return, even in branches a constexpr rules out.
+    """
     if BLOCK_D2 == 0:
         if TRANSPOSED:
-            return tl.full([1, rows.shape[0]], 0.0, dtype=base.dtype.element_ty)
-        return tl.full([rows.shape[0], 1], 0.0, dtype=base.dtype.element_ty)
-    if TRANSPOSED:
-        return _load_cols(base, rows, stride_row, row_ok, BLOCK_D, HEAD_DIM, BLOCK_D2)
-    return _load_rows(base, rows, stride_row, row_ok, BLOCK_D, HEAD_DIM, BLOCK_D2)
+            tile = tl.full([1, rows.shape[0]], 0.0, dtype=base.dtype.element_ty)
+        else:
+            tile = tl.full([rows.shape[0], 1], 0.0, dtype=base.dtype.element_ty)
+    elif TRANSPOSED:
+        tile = _load_cols(base, rows, stride_row, row_ok, BLOCK_D, HEAD_DIM, BLOCK_D2)
+    else:
+        tile = _load_rows(base, rows, stride_row, row_ok, BLOCK_D, HEAD_DIM, BLOCK_D2)
+    return tile
 
 
 @triton.jit
@@ -92,8 +98,10 @@ def _row_sum(x):
 def _zeros_second(ROWS: tl.constexpr, BLOCK_D2: tl.constexpr):
     """A float32 accumulator for the second head-dim piece (a 1-column placeholder when there is none)."""
     if BLOCK_D2 == 0:
-        return tl.full([ROWS, 1], 0.0, dtype=tl.float32)
-    return tl.full([ROWS, BLOCK_D2], 0.0, dtype=tl.float32)
+        acc = tl.full([ROWS, 1], 0.0, dtype=tl.float32)
+    else:
+        acc = tl.full([ROWS, BLOCK_D2], 0.0, dtype=tl.float32)
+    return acc
 
 
 @triton.jit
