@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from studio.attention import available_backends, set_backend
 from studio.kernels import (
+    FlashAttentionFunction,
     attention_reference,
     flash_attention,
     load_kernels,
@@ -180,7 +181,19 @@ def report(title: str, flops: float | None, summary: dict, failed: dict, peak: f
         print(f"  {name:<16} n/a ({why})")
 
 
+def padded_triton(head_dim: int) -> Callable | None:
+    """The Triton kernel with the head dim padded to one power-of-two tile (64 for 40), where ours splits it
+    (32 + 16): the split's measured gain is this variant's time over ``triton``'s. None where nothing is split."""
+    kernels = load_kernels(interpret=False)
+    config = kernels.kernel_config(head_dim, split_head_dim=False)
+    if config == kernels.kernel_config(head_dim):
+        return None
+    return lambda q, k, v: FlashAttentionFunction.apply(q, k, v, None, head_dim**-0.5, config)
+
+
 def bench_shape(shape: Shape, fns: dict[str, Callable], args, peak, rows) -> None:
+    padded = padded_triton(shape.head_dim)
+    fns = fns if padded is None else {**fns, "triton:padded-d": padded}
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (
         torch.randn(shape.batch, n, shape.heads, shape.head_dim, device="cuda", dtype=torch.bfloat16, generator=g)

@@ -53,8 +53,11 @@ def load_kernels(interpret: bool) -> ModuleType:
 
     Triton reads ``TRITON_INTERPRET`` when ``@triton.jit`` runs, i.e. when the kernel module is imported. This sets
     the variable as asked, (re-)imports the kernel modules and restores it, so it does not leak into subprocesses
-    or other libraries; triton's own library is left as it was (the kernels use only its builtins).
+    or other libraries. Triton itself is imported first, in the mode the process would give it (diffusers imports
+    it anyway, via torch._dynamo); the kernels use only its builtins, so they run interpreted either way.
     """
+    import triton.language  # noqa: F401  (triton's own library first, in the process's mode: see above)
+
     saved = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     try:

@@ -76,6 +76,13 @@ def test_flash_attention_float16(kernels):
     check_all(flash_attention, attention_reference, inputs, "q k v", torch.float16)
 
 
+@pytest.mark.skipif(DEVICE == "cpu", reason="the Triton interpreter has no bfloat16 (numpy): runs on a CUDA machine")
+def test_bfloat16_on_gpu(kernels):
+    check_all(flash_attention, attention_reference, qkv(37, 77, 40, torch.bfloat16), "q k v", torch.bfloat16)
+    inputs = two_branch_inputs(37, 50, 8, 80, 1, torch.bfloat16)
+    check_all(two_branch_attention, two_branch_reference, inputs, "q k1 v1 k2 v2 w1 w2", torch.bfloat16)
+
+
 def test_key_masks_and_fully_masked_rows(kernels):
     """Boolean padding, diffusers' -10000 bias, and a batch entry with every key masked (zeros, no NaN)."""
     q, k, v = qkv(33, 40, 40)
