@@ -195,6 +195,45 @@ class BackwardPlan:
     dw: torch.Tensor | None  # float32 (2, B, Lq, H): rowsum(dO · O_i), the weights' gradient per head
 
 
+def _plan_dkdv(
+    i: int,
+    branch: Branch,
+    q: torch.Tensor,
+    dout: torch.Tensor,
+    weights: torch.Tensor | None,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    scale: float,
+    config: KernelConfig,
+) -> tuple[Launch, torch.Tensor, torch.Tensor]:
+    """dK/dV of branch ``i``: one program per (key tile, batch·head, query split); returns the gradient buffers."""
+    batch, seq_q, heads, head_dim = q.shape
+    k, v, bias = branch
+    seq_k = k.shape[1]
+    block_n = key_block(seq_k, config.bwd_block_n)
+    tiles = triton.cdiv(seq_k, block_n)
+    splits = _kv_splits(config, tiles * batch * heads, seq_q, q.device)
+    rows_per_split = triton.cdiv(triton.cdiv(seq_q, splits), config.bwd_block_m) * config.bwd_block_m
+    splits = triton.cdiv(seq_q, rows_per_split)
+    if splits == 1:  # write the gradients in k's dtype directly
+        dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (k, v))
+        grad_strides = (0, *_strides(dk))
+    else:  # float32 partials, summed on the host
+        dk, dv = (torch.empty((splits, *k.shape), dtype=torch.float32, device=q.device) for _ in range(2))
+        grad_strides = (dk.stride(0), *_strides(dk[0]))
+    launch = Launch(
+        _bwd_dkdv_kernel,
+        (tiles, batch * heads, splits),
+        (q, k, v, q if bias is None else bias, dout, delta[i] if weights is None else weights[i], lse[i], delta[i],
+         dk, dv, scale * LOG2E, scale, *_strides(q), *_strides(k), *_strides(v), *_bias_strides(bias),
+         *_strides(dout), *_weight_strides(weights)[1:], *grad_strides, heads, seq_q, seq_k, rows_per_split),
+        dict(HEAD_DIM=head_dim, BLOCK_M=config.bwd_block_m, BLOCK_N=block_n, BLOCK_D=config.block_d,
+             BLOCK_D2=config.block_d2, HAS_BIAS=bias is not None, HAS_W=weights is not None,
+             PRECISION=_precision(q.dtype), num_warps=config.bwd_warps, num_stages=config.bwd_stages),
+    )  # fmt: skip
+    return launch, dk, dv
+
+
 def plan_backward(
     dout: torch.Tensor,
     q: torch.Tensor,
@@ -210,64 +249,34 @@ def plan_backward(
     batch, seq_q, heads, head_dim = q.shape
     two = len(branches) == 2
     first, second = branches[0], branches[-1]
-    device = q.device
     delta = torch.empty_like(lse)
-    dw = torch.empty((2, batch, seq_q, heads), dtype=torch.float32, device=device) if two else None
-    stats = (lse.stride(0),)
-    pre = Launch(
+    dw = torch.empty((2, batch, seq_q, heads), dtype=torch.float32, device=q.device) if two else None
+    q_tiles = (triton.cdiv(seq_q, config.bwd_block_m), batch * heads, 1)
+    w_or_dummy = delta if weights is None else weights
+    preprocess = Launch(
         _bwd_preprocess_kernel,
-        (triton.cdiv(seq_q, config.bwd_block_m), batch * heads, 1),
-        (dout, out, out if branch_out is None else branch_out, delta if weights is None else weights, delta,
-         delta if dw is None else dw, *_strides(out), out.numel(), *_weight_strides(weights), *stats, heads, seq_q),
+        q_tiles,
+        (dout, out, out if branch_out is None else branch_out, w_or_dummy, delta, delta if dw is None else dw,
+         *_strides(out), out.numel(), *_weight_strides(weights), lse.stride(0), heads, seq_q),
         dict(HEAD_DIM=head_dim, BLOCK_M=config.bwd_block_m, BLOCK_DP=max(16, triton.next_power_of_2(head_dim)),
              TWO_BRANCH=two, num_warps=4),
     )  # fmt: skip
-    launches = [pre]
-    dks, dvs = [], []
-    for i, (k, v, bias) in enumerate(branches):
-        seq_k = k.shape[1]
-        block_n = key_block(seq_k, config.bwd_block_n)
-        tiles = triton.cdiv(seq_k, block_n)
-        splits = _kv_splits(config, tiles * batch * heads, seq_q, device)
-        rows_per_split = triton.cdiv(triton.cdiv(seq_q, splits), config.bwd_block_m) * config.bwd_block_m
-        splits = triton.cdiv(seq_q, rows_per_split)
-        if splits == 1:
-            dk, dv = (
-                torch.empty_like(k, memory_format=torch.contiguous_format),
-                torch.empty_like(v, memory_format=torch.contiguous_format),
-            )
-            grad_strides = (0, *_strides(dk))
-        else:
-            dk, dv = (torch.empty((splits, *k.shape), dtype=torch.float32, device=device) for _ in range(2))
-            grad_strides = (dk.stride(0), *_strides(dk[0]))
-        w = weights[i] if weights is not None else delta[i]
-        launches.append(Launch(
-            _bwd_dkdv_kernel,
-            (tiles, batch * heads, splits),
-            (q, k, v, q if bias is None else bias, dout, w, lse[i], delta[i], dk, dv, scale * LOG2E, scale,
-             *_strides(q), *_strides(k), *_strides(v), *_bias_strides(bias), *_strides(dout),
-             *_weight_strides(weights)[1:], *grad_strides, heads, seq_q, seq_k, rows_per_split),
-            dict(HEAD_DIM=head_dim, BLOCK_M=config.bwd_block_m, BLOCK_N=block_n, BLOCK_D=config.block_d,
-                 BLOCK_D2=config.block_d2, HAS_BIAS=bias is not None, HAS_W=two, PRECISION=_precision(q.dtype),
-                 num_warps=config.bwd_warps, num_stages=config.bwd_stages),
-        ))  # fmt: skip
-        dks.append(dk)
-        dvs.append(dv)
-    dq = torch.empty(q.shape, dtype=q.dtype, device=device)
-    launches.append(Launch(
+    dkdv = [_plan_dkdv(i, branch, q, dout, weights, lse, delta, scale, config) for i, branch in enumerate(branches)]
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dq_launch = Launch(
         _bwd_dq_kernel,
-        (triton.cdiv(seq_q, config.bwd_block_m), batch * heads, 1),
-        (q, dout, dq, *_branch_args(first, q), *_branch_args(second, q), delta if weights is None else weights,
-         lse, delta, scale * LOG2E, scale, *_strides(q), *_strides(dout), *_strides(dq), *_branch_strides(first),
-         *_branch_strides(second), *_weight_strides(weights), *stats, heads, seq_q, first[0].shape[1],
-         second[0].shape[1]),
+        q_tiles,
+        (q, dout, dq, *_branch_args(first, q), *_branch_args(second, q), w_or_dummy, lse, delta, scale * LOG2E,
+         scale, *_strides(q), *_strides(dout), *_strides(dq), *_branch_strides(first), *_branch_strides(second),
+         *_weight_strides(weights), lse.stride(0), heads, seq_q, first[0].shape[1], second[0].shape[1]),
         dict(HEAD_DIM=head_dim, BLOCK_M=config.bwd_block_m, BLOCK_N1=key_block(first[0].shape[1], config.bwd_block_n),
              BLOCK_N2=key_block(second[0].shape[1], config.bwd_block_n), BLOCK_D=config.block_d,
              BLOCK_D2=config.block_d2, HAS_BIAS1=first[2] is not None, HAS_BIAS2=two and second[2] is not None,
              TWO_BRANCH=two, PRECISION=_precision(q.dtype), num_warps=config.bwd_warps,
              num_stages=config.bwd_stages),
-    ))  # fmt: skip
-    return BackwardPlan(launches, dq, dks, dvs, dw)
+    )  # fmt: skip
+    launches = [preprocess, *(launch for launch, _, _ in dkdv), dq_launch]
+    return BackwardPlan(launches, dq, [dk for _, dk, _ in dkdv], [dv for _, _, dv in dkdv], dw)
 
 
 def backward(
