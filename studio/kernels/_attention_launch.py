@@ -7,6 +7,7 @@ kernels a GPU would run on a machine without one (``tests/kernels/compile_check.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +96,11 @@ class Launch:
         return self.kernel.warmup(*self.args, grid=self.grid, **self.meta)
 
 
+def _on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it the tensors' (cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     """(batch, seq, head) strides of a ``(B, L, H, D)`` tensor."""
     return t.stride(0), t.stride(1), t.stride(2)
@@ -170,7 +176,8 @@ def forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run the forward: ``(out (B, Lq, H, D), lse, per-branch outputs (2, B, Lq, H, D) or None)``."""
     launch, out, lse, branch_out = plan_forward(q, branches, weights, scale, config, store_branches)
-    launch.run()
+    with _on_device(q):
+        launch.run()
     return out, lse, branch_out
 
 
@@ -293,8 +300,9 @@ def backward(
     """Run the backward: ``(dq, [dk per branch], [dv per branch], dw (2, B, Lq, H) float32 or None)``."""
     dout = dout.contiguous() if dout.stride() != out.stride() else dout
     plan = plan_backward(dout, q, branches, weights, out, branch_out, lse, scale, config)
-    for launch in plan.launches:
-        launch.run()
+    with _on_device(q):
+        for launch in plan.launches:
+            launch.run()
     dks = [g if g.dim() == 4 else g.sum(0).to(k.dtype) for g, (k, _, _) in zip(plan.dk, branches)]
     dvs = [g if g.dim() == 4 else g.sum(0).to(v.dtype) for g, (_, v, _) in zip(plan.dv, branches)]
     return plan.dq, dks, dvs, plan.dw

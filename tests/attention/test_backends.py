@@ -1,6 +1,9 @@
 """The backend dict and ``attention()``: names, constraints, masks, and the logged fallback to sdpa."""
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +103,11 @@ def test_bad_masks_and_shapes_raise():
         attention(q, k, v, mask=torch.ones(2, 5, dtype=torch.bool, device=DEVICE))
     with pytest.raises(ValueError, match="must be 4-D"):
         attention(q.flatten(2), k, v)
+
+
+def test_importing_studio_attention_imports_neither_triton_nor_diffusers_attention():
+    code = "import sys, studio.attention; print(sorted(m for m in ('triton', 'diffusers') if m in sys.modules))"
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
