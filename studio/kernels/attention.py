@@ -101,6 +101,8 @@ def triton_unavailable(q: torch.Tensor, key_biases: tuple[torch.Tensor | None, .
         return "the Triton interpreter has no bfloat16 (numpy)"
     if q.shape[-1] > MAX_HEAD_DIM:
         return f"head_dim {q.shape[-1]} > {MAX_HEAD_DIM}"
+    if q.numel() == 0:
+        return "an empty input (a grid of no programs)"
     if any(b is not None and b.requires_grad for b in key_biases):
         return "a key bias that requires grad (the kernels give no bias gradient)"
     return None

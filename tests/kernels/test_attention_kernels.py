@@ -213,6 +213,7 @@ def test_unsupported_inputs_say_why(kernels):
     assert "bfloat16" in triton_unavailable(q.bfloat16())
     assert "head_dim 320" in triton_unavailable(torch.zeros(1, 4, 2, 320))
     assert "requires grad" in triton_unavailable(q, (torch.zeros(1, 1, 4, requires_grad=True),))
+    assert "empty" in triton_unavailable(q[:, :0])
     assert triton_unavailable(q) is None
 
 
