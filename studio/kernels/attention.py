@@ -35,7 +35,7 @@ _logged: set[tuple[str, str]] = set()
 
 
 def _kernels() -> ModuleType:
-    from studio.kernels import _attention_launch
+    import studio.kernels._attention_launch as _attention_launch
 
     return _attention_launch
 
@@ -61,7 +61,8 @@ def load_kernels(interpret: bool) -> ModuleType:
     saved = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     try:
-        from studio.kernels import _attention_launch, _attention_triton
+        import studio.kernels._attention_launch as _attention_launch
+        import studio.kernels._attention_triton as _attention_triton
 
         if interpret != _attention_triton.INTERPRETED:
             importlib.reload(_attention_triton)
