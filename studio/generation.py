@@ -103,6 +103,7 @@ def generate(
     batch_size: int = BATCH_SIZE,
     progress: Progress | None = None,
     name: str | None = None,
+    attention: str | None = None,
 ) -> Samples:
     """Sample ``num_per_prompt`` images or clips for each prompt.
 
@@ -121,6 +122,8 @@ def generate(
         batch_size: samples per pipeline call.
         progress: ``progress(done, total)`` after every sampler step (see :func:`progress_bar`).
         name: the model's name in ``settings`` (default: the name it was loaded by, or the pipeline's path).
+        attention: send the UNet's attention through this backend of ``studio.attention.BACKENDS`` (it stays
+            set on a pipeline passed in); None leaves the model's processors as they are.
 
     Returns:
         :class:`Samples`; each sample's noise depends only on its own seed, so batching changes nothing.
@@ -136,6 +139,10 @@ def generate(
 
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     pipe, base_model_id, swap = _open(model, modality, scheduler)
+    if attention is not None:
+        from studio.attention import set_backend
+
+        set_backend(pipe, attention)
     name = name or (str(model) if base_model_id else str(getattr(pipe, "name_or_path", "") or type(pipe).__name__))
     modality = "audio" if hasattr(pipe, "codec") else "image"
     guidance_scale = default_guidance(modality) if guidance_scale is None else guidance_scale
@@ -165,6 +172,8 @@ def generate(
             check_finite(raw, f"sampling {texts[b]!r} (seed {jobs_seeds[b]})", NON_FINITE_SAMPLES)
             data += list(to_uint8(raw)) if modality == "image" else list(raw)
     settings = _settings(name, kwargs, scheduler, jobs_seeds[0] if jobs_seeds else seed, num_per_prompt, adapters)
+    if attention is not None:
+        settings["attention"] = attention
     return Samples(
         data=data,
         prompts=texts,

@@ -137,3 +137,18 @@ def test_the_default_guidance_is_the_modalitys_own_and_an_explicit_one_is_kept(
     pipe = tiny_embedded_pipeline if modality == "image" else make_tiny_music(0)
     assert generate(pipe, "a tune", num_inference_steps=1).settings["guidance"] == expected
     assert generate(pipe, "a tune", num_inference_steps=1, guidance_scale=1.5).settings["guidance"] == 1.5
+
+
+def test_generate_with_an_attention_backend_records_it_and_matches_the_default(tmp_path, capsys, tiny_model_dir):
+    base = ["--quiet", "generate", "image", "a red circle", "--steps", "2", "--model", str(tiny_model_dir)]
+    assert main([*base, "--out", str(tmp_path / "sdpa")]) == 0
+    assert main([*base, "--attention", "reference", "--out", str(tmp_path / "ref")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "ref" / "manifest.json").read_text())["meta"]["attention"] == "reference"
+    from studio.io import read_image
+
+    diff = read_image(tmp_path / "sdpa" / "0000.png").astype(int) - read_image(tmp_path / "ref" / "0000.png")
+    assert abs(diff).max() <= 1
+    assert main([*base, "--attention", "flash", "--out", str(tmp_path / "bad")]) == 2
+    assert "--attention 'flash' is unknown; use one of ['reference', 'sdpa', 'triton', 'xformers']" in (
+        capsys.readouterr().err
+    )

@@ -76,6 +76,12 @@ class Handlers:
     def __init__(self, studio: Studio):
         self.studio = studio
 
+    # ---- settings --------------------------------------------------------------------------------
+    @boundary
+    def set_attention(self, name: str | None) -> str:
+        """Switch the attention backend of every model (the Settings picker)."""
+        return self.studio.set_attention(name or "")
+
     # ---- models ----------------------------------------------------------------------------------
     def choices(self, modality: str | None = None) -> list[tuple[str, str]]:
         """Dropdown choices ``(label, name)`` of the listed models; ``modality="merge"``: models, then adapters."""

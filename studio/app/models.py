@@ -19,6 +19,7 @@ import torch
 
 import studio
 from studio.app.inputs import Modality
+from studio.attention import set_backend
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ModelCatalog:
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
         self.runs_dir, self.device, self.cache_size = Path(runs_dir), device, cache_size
         self.compile = compile
+        self.attention: str | None = None
         self.local = [_local_model(Path(folder)) for folder in local]
         self._cache: OrderedDict[tuple, studio.StudioDiffusionPipeline] = OrderedDict()
         self._lock = threading.RLock()
@@ -163,6 +165,20 @@ class ModelCatalog:
         """Save time of a model (its ``model_index.json``), part of every cache key."""
         return info.index.stat().st_mtime_ns
 
+    def set_attention(self, name: str | None) -> int:
+        """Send every loaded and every later-loaded pipeline's attention through backend ``name``.
+
+        Returns:
+            The attention layers switched in the loaded pipelines.
+
+        Raises:
+            ValueError: for an unknown backend name.
+        """
+        with self._lock:
+            switched = sum(set_backend(pipe, name) for pipe in self._cache.values()) if name else 0
+            self.attention = name
+            return switched
+
     def pipeline(self, model: str, scheduler: str | None = None) -> studio.StudioDiffusionPipeline:
         """The loaded pipeline of a listed model, from the cache when possible.
 
@@ -178,6 +194,8 @@ class ModelCatalog:
                 self._cache.move_to_end(key)
                 return self._cache[key]
             pipe = studio.load_pipeline(info.source, info.modality, scheduler=scheduler).to(self.device)
+            if self.attention is not None:
+                set_backend(pipe, self.attention)
             if self.compile:
                 studio.compile_pipeline(pipe)
             self._cache[key] = pipe

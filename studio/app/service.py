@@ -388,6 +388,30 @@ class Studio(MergeActions):
             )
         return time.perf_counter() - start
 
+    # ---- settings ------------------------------------------------------------------------------
+    @staticmethod
+    def attention_backends() -> list[str]:
+        """The attention backends a user may pick (``studio.attention.BACKENDS``)."""
+        from studio.attention import BACKENDS
+
+        return sorted(BACKENDS)
+
+    def set_attention(self, name: str) -> str:
+        """Send every model's attention through backend ``name`` from now on; returns a one-line summary.
+
+        Raises:
+            ValueError: for an unknown backend name.
+        """
+        from studio.attention import available_backends
+
+        if name not in self.attention_backends():
+            raise ValueError(f"attention backend {name!r} is unknown; pick one of {self.attention_backends()}")
+        with self._lock:
+            switched = self.models.set_attention(name)
+        reason = available_backends(self.device)[name]
+        note = "" if reason is None else f"; it cannot run here ({reason}), so sampling falls back to sdpa"
+        return f"attention backend: {name} ({switched} layers of the loaded models switched{note})"
+
     # ---- folders -------------------------------------------------------------------------------
     def _new_folder(self, *parts: str) -> Path:
         stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

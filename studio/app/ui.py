@@ -54,6 +54,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
     h = Handlers(studio)
     with gr.Blocks(title="mixstudio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown("# mixstudio\nGenerate, merge, train and evaluate text-to-image and text-to-music models.")
+        _settings(h, studio)
         with gr.Tabs():
             with gr.Tab("Image", id="image"):
                 image_model, image_adapter = _image_tab(h)
@@ -87,6 +88,20 @@ def build_ui(studio: Studio) -> gr.Blocks:
         trained.change(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)  # so does a finished run's
     demo.queue(default_concurrency_limit=1, max_size=16)
     return demo
+
+
+def _settings(h: Handlers, studio: Studio) -> None:
+    """The Settings accordion: the attention backend every model samples with."""
+    with gr.Accordion("Settings", open=False):
+        with gr.Row():
+            backend = gr.Dropdown(
+                choices=studio.attention_backends(),
+                value="sdpa",
+                label="attention backend",
+                elem_id="attention-backend",
+            )
+            status = gr.Markdown("attention backend: the models' own processors (sdpa)")
+        backend.change(h.set_attention, backend, status, **HEAVY)
 
 
 def _model_picker(h: Handlers, modality: str | None, label: str = "model", elem_id: str | None = None) -> gr.Dropdown:

@@ -48,6 +48,13 @@ def add_sampler(parser: argparse.ArgumentParser, guidance: argparse.Action | Non
         help="guide only at noise levels t/T in [LOW, HIGH]; other steps cost one UNet call (default: 0 1)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--attention",
+        default=None,
+        metavar="NAME",
+        help="attention backend of the UNet: sdpa, triton, xformers, reference (default: the model's own processors; "
+        "a backend that cannot run here says so and falls back to sdpa)",
+    )
 
 
 def check_sampling_flags(args: argparse.Namespace) -> None:
@@ -63,6 +70,10 @@ def check_sampling_flags(args: argparse.Namespace) -> None:
     check_seed("--seed", getattr(args, "seed", 0))
     if getattr(args, "scheduler", None) is not None:
         check_choice("--scheduler", args.scheduler, SCHEDULERS)
+    if getattr(args, "attention", None) is not None:
+        from studio.attention import BACKENDS
+
+        check_choice("--attention", args.attention, BACKENDS)
 
 
 def modality_of(flag: str) -> str:

@@ -34,6 +34,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     pareto.add_argument("-n", type=int, default=4, help="samples per prompt (>= 2)")
     pareto.add_argument("--steps", type=int, default=25, help="sampler steps")
     pareto.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    pareto.add_argument("--attention", default=None, metavar="NAME", help="attention backend (see generate)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -87,6 +88,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         compile=args.compile,
         force=args.force,
+        attention=args.attention,
     )
     print(report.table())
     print(f"wrote {args.out}/pareto.md, pareto.json, pareto.png and one folder per point")

@@ -134,6 +134,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             audio_length_in_s=args.length,
             adapters=[(args.adapter, args.adapter_scale)] if args.adapter is not None else [],
             progress=bar,
+            attention=args.attention,
         )
     write_samples(samples, args.out, world=world, force=args.force)
     print(f"wrote {len(samples)} {args.modality} samples, grid.png and manifest.json to {args.out}")
@@ -179,6 +180,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         compile=args.compile,
         force=args.force,
+        attention=args.attention,
     )
     print(report.table())
     print(f"wrote {args.out}/sweep.md, sweep.json, sweep.png and one folder per guidance scale")

@@ -109,6 +109,7 @@ def pareto_eval(
     progress: bool = True,
     compile: bool = False,
     force: bool = False,
+    attention: str | None = None,
 ) -> ParetoReport:
     """Sample and score the base model's CFG curve, the students and the quality-diversity merges.
 
@@ -124,6 +125,7 @@ def pareto_eval(
         per_prompt, steps, seed: sampling settings shared by every point.
         world: the world whose held-out prompts and judges are used (default: the base model's).
         force: replace ``out`` even if it holds files mixstudio did not write.
+        attention: the UNets' attention backend (``studio.attention.BACKENDS``; None: the models' own).
         compile: compile each model's UNet once, before its first point (``studio.pipelines.compile_pipeline``).
 
     Raises:
@@ -155,6 +157,10 @@ def pareto_eval(
 
             if model not in loaded:
                 loaded[model] = load_pipeline(model, modality)
+                if attention is not None:
+                    from studio.attention import set_backend
+
+                    set_backend(loaded[model], attention)
                 if compile:
                     compile_pipeline(loaded[model])
             return loaded[model]

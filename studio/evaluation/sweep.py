@@ -123,6 +123,7 @@ def guidance_sweep(
     progress: bool = True,
     compile: bool = False,
     force: bool = False,
+    attention: str | None = None,
 ) -> SweepReport:
     """Sample ``model`` on its world's held-out prompts at each guidance scale and score every folder.
 
@@ -138,6 +139,7 @@ def guidance_sweep(
         judge: ``eval`` for reported numbers; ``reward`` to compare with what trainers optimise.
         progress: show progress bars.
         force: replace ``out`` even if it holds files mixstudio did not write.
+        attention: the UNet's attention backend (``studio.attention.BACKENDS``; None: the model's own).
         compile: compile the UNet first (pays off over many points; see ``studio.pipelines.compile_pipeline``).
 
     Raises:
@@ -154,6 +156,10 @@ def guidance_sweep(
     from studio.pipelines import compile_pipeline, load_pipeline
 
     pipe = load_pipeline(model, modality)
+    if attention is not None:
+        from studio.attention import set_backend
+
+        set_backend(pipe, attention)
     if compile:
         compile_pipeline(pipe)
     world_name = world or model_world(model, modality)

@@ -72,6 +72,8 @@ class TrainerConfig:
         num_workers: data processes that prepare the next steps' batches (:meth:`Trainer.load_batch`) while
             the model trains; 0 prepares each batch in the training process. Worth it where the model runs
             on an accelerator and rendering world samples on one CPU core would starve it.
+        attention: the attention backend of the trained model's attention layers (``studio.attention.BACKENDS``;
+            None: the model's own processors).
         grid_steps: sampler steps of the sample grids (and any images a trainer samples for itself, such as
             DreamBooth's class images) drawn during training.
     """
@@ -93,6 +95,7 @@ class TrainerConfig:
     max_minutes: float | None = None
     num_workers: int = 0
     grid_steps: int = 25
+    attention: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "grid_steps"):
@@ -106,6 +109,11 @@ class TrainerConfig:
             raise ValueError(f"grad_clip must be positive or none, got {self.grad_clip}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.attention is not None:
+            from studio.attention import BACKENDS
+
+            if self.attention not in BACKENDS:
+                raise ValueError(f"attention {self.attention!r} is unknown; use one of {sorted(BACKENDS)}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive or none, got {self.max_minutes}")
 
@@ -233,6 +241,10 @@ class Trainer(ABC):
         """Build, wrap with accelerate, and resume if asked."""
         torch.manual_seed(self.config.seed)
         self.build()
+        if self.config.attention is not None:
+            from studio.attention import set_backend
+
+            set_backend(self.model, self.config.attention)
         self.lr_scheduler = cosine_with_warmup(self.optimizer, self.config.lr_warmup_steps, self.config.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         if self.accelerator.is_main_process:

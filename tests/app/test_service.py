@@ -321,3 +321,20 @@ def test_warm_up_samples_the_model_once_and_writes_nothing(workdir, model_store,
     assert service.warm_up("runs/a") > 0 and len(compiled) == 1
     assert service.models.pipeline("runs/a") is compiled[0]  # the warmed, compiled pipeline serves the users
     assert files_under(workdir / "outputs") == []
+
+
+def test_the_attention_picker_switches_loaded_and_later_models(studio):
+    from studio.attention import get_backend
+
+    loaded = studio.models.pipeline("runs/a")
+    assert get_backend(loaded) is None  # the model's own processors until a backend is picked
+    summary = studio.set_attention("reference")
+    assert summary.startswith("attention backend: reference (") and get_backend(loaded) == "reference"
+    assert get_backend(studio.models.pipeline("runs/b")) == "reference"  # loaded after the switch
+    assert "falls back to sdpa" in studio.set_attention("triton")  # no GPU, no interpreter here
+    with pytest.raises(ValueError, match=r"attention backend 'magic' is unknown; pick one of \['reference'"):
+        studio.set_attention("magic")
+    images = [studio.generate_image("runs/a", "a red circle", steps=2, seed=1).files[0] for _ in range(2)]
+    studio.set_attention("sdpa")
+    plain = studio.generate_image("runs/a", "a red circle", steps=2, seed=1).files[0]
+    assert np.abs(read_image(images[0]).astype(int) - read_image(plain).astype(int)).max() <= 1

@@ -265,3 +265,34 @@ def test_fit_checkpoints_once_samples_and_exports_a_card(tmp_path):
     card = (tmp_path / "shipped" / "README.md").read_text()
     assert "mixstudio train pretrain-shapes --set max_steps=2" in card and "Steps: 2 at batch 4" in card
     assert not (tmp_path / "run" / "log.csv").exists()  # log_every=10 > 2 steps: nothing logged yet
+
+
+def test_the_attention_field_routes_training_through_a_backend_without_changing_it(tmp_path):
+    from studio.attention import get_backend
+
+    plain = PretrainTrainer(tiny_config(tmp_path / "plain"))
+    plain.setup()
+    routed = PretrainTrainer(tiny_config(tmp_path / "routed", attention="reference"))
+    routed.setup()
+    assert get_backend(plain.model) is None and get_backend(routed.model) == "reference"
+    assert run_steps(routed, 2) == pytest.approx(run_steps(plain, 2), rel=1e-4)
+    with pytest.raises(ValueError, match="attention 'flash' is unknown"):
+        tiny_config(tmp_path / "bad", attention="flash")
+
+
+def test_a_nan_loss_stops_training_at_that_step_and_keeps_the_last_checkpoint(tmp_path):
+    trainer = PretrainTrainer(tiny_config(tmp_path / "run", max_steps=4, checkpoint_every=2))
+    steps = []
+    real = trainer.train_step
+
+    def poisoned(batch):
+        loss, metrics = real(batch)
+        steps.append(trainer.step)
+        return (loss * float("nan") if trainer.step == 2 else loss), metrics
+
+    trainer.train_step = poisoned
+    with pytest.raises(ValueError, match=r"step 3: the loss is not finite .* last good checkpoint is .*step-00000002"):
+        trainer.fit()
+    root = tmp_path / "run" / "checkpoints"
+    assert (root / "latest").read_text().strip() == "step-00000002" and not (tmp_path / "run" / "model").exists()
+    assert all(torch.isfinite(v).all() for v in load_file(root / "step-00000002" / "model.safetensors").values())
