@@ -104,6 +104,7 @@ def generate(
     progress: Progress | None = None,
     name: str | None = None,
     attention: str | None = None,
+    base_model_id: str | None = None,
 ) -> Samples:
     """Sample ``num_per_prompt`` images or clips for each prompt.
 
@@ -122,6 +123,8 @@ def generate(
         batch_size: samples per pipeline call.
         progress: ``progress(done, total)`` after every sampler step (see :func:`progress_bar`).
         name: the model's name in ``settings`` (default: the name it was loaded by, or the pipeline's path).
+        base_model_id: with a pipeline passed in, refuse adapters saved for another base model (a model loaded
+            here by name is checked against that name).
         attention: send the UNet's attention through this backend of ``studio.attention.BACKENDS`` (it stays
             set on a pipeline passed in); None leaves the model's processors as they are.
 
@@ -138,12 +141,13 @@ def generate(
     from studio.pipelines.image import to_uint8
 
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    pipe, base_model_id, swap = _open(model, modality, scheduler)
+    pipe, loaded_as, swap = _open(model, modality, scheduler)
+    base_model_id = loaded_as or base_model_id
     if attention is not None:
         from studio.attention import set_backend
 
         set_backend(pipe, attention)
-    name = name or (str(model) if base_model_id else str(getattr(pipe, "name_or_path", "") or type(pipe).__name__))
+    name = name or (str(model) if loaded_as else str(getattr(pipe, "name_or_path", "") or type(pipe).__name__))
     modality = "audio" if hasattr(pipe, "codec") else "image"
     guidance_scale = default_guidance(modality) if guidance_scale is None else guidance_scale
     jobs_seeds = list(seeds) if seeds is not None else seeds_for(len(prompts), num_per_prompt, seed)

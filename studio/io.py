@@ -169,6 +169,8 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
             array = np.array(img.convert("RGB"))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"image {str(path)!r} is not a readable image ({err}); pass a PNG or JPEG file") from None
+    except Image.DecompressionBombError:
+        raise ValueError(f"image {str(path)!r} claims a size too large to decode safely; pass a real image") from None
     if size is not None and array.shape[:2] != (size, size):
         raise ValueError(
             f"image {str(path)!r} is {array.shape[1]}x{array.shape[0]} px but this world's judge expects "
@@ -219,6 +221,10 @@ def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise ValueError(f"audio {str(path)!r} is not a readable WAV/FLAC file ({err}); pass a WAV file") from None
     if audio.shape[1] != 1:
         raise ValueError(f"audio {str(path)!r} has {audio.shape[1]} channels; mix it down to mono first")
+    if audio.shape[0] == 0:
+        raise ValueError(f"audio {str(path)!r} holds no samples; pass a file with sound in it")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"audio {str(path)!r} holds NaN or inf samples; re-export it")
     if rate != sample_rate:
         raise ValueError(f"audio {str(path)!r} is {rate} Hz; resample it to {sample_rate} Hz first")
     return audio[:, 0]

@@ -80,6 +80,11 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise ValueError(f"{str(path)!r}: world {world!r} is unknown; set 'world' to one of {sorted(WORLDS)}")
     items = [_read_item(path, folder, i, raw) for i, raw in enumerate(data["items"])]
     modality = data.get("modality") or WORLDS[world].modality
+    if modality != WORLDS[world].modality:
+        raise ValueError(
+            f"{str(path)!r}: modality {modality!r} contradicts world {world!r}, whose samples are "
+            f"{WORLDS[world].modality}; fix 'modality' or 'world'"
+        )
     return Manifest(world=world, modality=modality, items=items, meta=data.get("meta") or {})
 
 

@@ -190,6 +190,8 @@ class Handlers:
     @staticmethod
     def _picked(count, rows) -> tuple[list[str], list[float]]:
         n = whole("number of models", count)
+        if not 2 <= n <= MAX_MERGE:
+            raise ValueError(f"number of models must be from 2 to {MAX_MERGE}, got {n}")
         models, weights = list(rows[:MAX_MERGE]), list(rows[MAX_MERGE:])
         return [m or "" for m in models[:n]], [number(f"weight {i + 1}", w) for i, w in enumerate(weights[:n])]
 

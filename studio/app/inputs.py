@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from studio.checks import check_choice, check_interval, check_number
@@ -67,6 +68,13 @@ def check_prompt(prompt: str) -> None:
         raise ValueError("prompt is empty; give a text prompt such as 'a red circle'")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+
+
+def check_negative_prompt(negative: str | None) -> None:
+    """No negative prompt, or one of at most ``MAX_PROMPT_CHARS`` characters."""
+    if negative is not None and (not isinstance(negative, str) or len(negative) > MAX_PROMPT_CHARS):
+        size = len(negative) if isinstance(negative, str) else negative
+        raise ValueError(f"negative prompt has {size} characters; the limit is {MAX_PROMPT_CHARS}")
 
 
 def check_int(name: str, value: int, low: int, high: int) -> None:
@@ -132,3 +140,57 @@ def check_scheduler(name: str | None) -> None:
         from studio import SCHEDULERS
 
         check_choice("scheduler", name, SCHEDULERS)
+
+
+#: Settings a training run started from the browser may not exceed (one CPU server, shared by its users).
+TRAINING_LIMITS: dict[str, float] = {
+    "max_steps": 100_000,
+    "batch_size": 256,
+    "class_samples": 512,
+    "max_minutes": 24 * 60,
+    "grid_steps": MAX_APP_STEPS,
+    "sample_prompts": 64,
+}
+#: Settings that name a model: the browser sends a listed model's name, the app passes its folder.
+MODEL_KEYS = ("base", "init")
+#: Settings that name a folder: a path inside the app's working folder.
+FOLDER_KEYS = ("data.dir",)
+
+
+def check_training_overrides(
+    items: list[str], resolve_model: Callable[[str], str], workdir: Path, cores: int
+) -> list[str]:
+    """The ``key=value`` overrides of a run started from the browser, checked and with names made paths.
+
+    Args:
+        items: the overrides as typed.
+        resolve_model: a listed model's name -> its source (raises ValueError for an unlisted name).
+        workdir: the app's working folder; folder settings must lie inside it.
+        cores: CPU cores of the server (``num_workers`` may not exceed it).
+
+    Raises:
+        ValueError: for a model that is not listed, a folder outside the working folder, or a size over its limit.
+    """
+    checked = []
+    for item in items:
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key in MODEL_KEYS:
+            value = resolve_model(value)
+        elif key in FOLDER_KEYS:
+            path = Path(value)
+            inside = (workdir / path).resolve()
+            if path.is_absolute() or ".." in path.parts or workdir.resolve() not in (inside, *inside.parents):
+                raise ValueError(f"{key}={value!r}: give a folder inside the app's working folder, e.g. data/concept")
+            if not inside.is_dir():
+                raise ValueError(f"{key}={value!r} is not a folder in the app's working folder; upload it there first")
+            value = str(inside)
+        elif key in TRAINING_LIMITS or key == "num_workers":
+            limit = cores if key == "num_workers" else TRAINING_LIMITS[key]
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"{key}={value!r} is not a number") from None
+            if not 0 <= number <= limit:
+                raise ValueError(f"{key}={value} is over the app's limit of {limit:g}; run bigger jobs with the CLI")
+        checked.append(f"{key}={value}")
+    return checked

@@ -39,10 +39,12 @@ from studio.app.inputs import (
     check_guidance_refinements,
     check_int,
     check_name,
+    check_negative_prompt,
     check_prompt,
     check_sampling,
     check_scales,
     check_scheduler,
+    check_training_overrides,
     parse_overrides,
     parse_scales,
     steps_reporter,
@@ -51,6 +53,7 @@ from studio.app.merge import MergeActions, MergePreview  # noqa: F401 (the servi
 from studio.app.models import AdapterInfo, ModelCatalog, ModelInfo
 from studio.app.training import TrainingJob, TrainingStatus, train_argv
 from studio.app.uploads import MAX_UPLOAD_BYTES, import_pipeline_zip
+from studio.threads import available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +145,7 @@ class Studio(MergeActions):
         self._live: studio.LiveMerge | None = None
         self._live_key: tuple | None = None
         self._job: TrainingJob | None = None
+        self._start_lock = threading.Lock()
 
     # ---- models --------------------------------------------------------------------------------
     def list_models(self, modality: Modality | None = None) -> list[ModelInfo]:
@@ -242,6 +246,7 @@ class Studio(MergeActions):
         if adapters:
             check_adapter_scale(adapter_scale)
         check_prompt(prompt)
+        check_negative_prompt(negative_prompt)
         check_int("count", count, 1, MAX_IMAGES if modality == "image" else MAX_CLIPS)
         check_sampling(steps, guidance, seed)
         check_guidance_refinements(guidance_rescale, guidance_interval)
@@ -293,18 +298,20 @@ class Studio(MergeActions):
             ValueError: for an unknown recipe, a bad override (checked here, before anything starts), an
                 override of an app-owned key (``out``, ``export``), a taken name, or a run still going.
         """
-        if self._job is not None and self._job.running:
-            raise ValueError(f"training run {self._job.name!r} is still running; cancel it or wait for it to end")
         items = parse_overrides(overrides) if isinstance(overrides, str) else [o.strip() for o in overrides]
         owned = [o for o in items if o.partition("=")[0].strip() in APP_OWNED_KEYS]
         if owned:
             raise ValueError(f"override {owned[0]!r}: the app chooses where runs are written (runs/<name>); remove it")
         studio.apply_overrides(studio.get_recipe(recipe), items)  # validates recipe, keys and values before starting
-        name = name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-        out = self._new_run_folder(name)
-        argv = self.train_command(recipe, items, out)
-        self._job = TrainingJob(name, argv, out, self.workdir / "logs" / f"{name}.log", cwd=self.workdir)
-        return self._job.status()
+        items = check_training_overrides(items, lambda m: self.resolve(m).source, self.workdir, available_cores())
+        with self._start_lock:  # two clicks at once start one run: the check and the start are one step
+            if self._job is not None and self._job.running:
+                raise ValueError(f"training run {self._job.name!r} is still running; cancel it or wait for it to end")
+            name = name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+            out = self._new_run_folder(name)
+            argv = self.train_command(recipe, items, out)
+            self._job = TrainingJob(name, argv, out, self.workdir / "logs" / f"{name}.log", cwd=self.workdir)
+            return self._job.status()
 
     def training_status(self) -> TrainingStatus:
         """Status of the current or last run (``idle`` when none was started)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,15 @@ def import_pipeline_zip(
     if not zipfile.is_zipfile(archive):
         raise ValueError(f"upload {archive.name!r} is not a zip archive; zip the pipeline folder")
     report = progress or (lambda fraction, desc: None)
+    try:
+        _unpack(archive, out, max_bytes, report)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise ValueError(f"upload {archive.name!r} is a damaged zip archive ({err}); zip the folder again") from None
+    return out
+
+
+def _unpack(archive: Path, out: Path, max_bytes: int, report: Callable[[float, str], None]) -> None:
+    """Unpack the checked archive into ``out`` (written whole) and check that the pipeline loads."""
     with zipfile.ZipFile(archive) as zf, studio.atomic_dir(out, name="model name") as tmp:
         root = _checked_root(zf, 5 * max_bytes)
         report(0.0, "unpacking")
@@ -63,7 +73,6 @@ def import_pipeline_zip(
         _check_model_index(tmp / "model_index.json")
         report(0.5, "checking that the pipeline loads")
         studio.load_pipeline(tmp, studio.model_modality(tmp))  # refuse now what would fail to load later
-    return out
 
 
 def _checked_root(zf: zipfile.ZipFile, max_total: int) -> Path:

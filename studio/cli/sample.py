@@ -94,6 +94,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from studio.checks import check_number, check_text
     from studio.generation import DEFAULT_MODEL, eval_prompt_texts, generate, progress_bar, write_samples
     from studio.io import check_output_dir
+    from studio.pipelines import load_pipeline
 
     modality = modality_of(args.modality)
     check_sampling_flags(args)
@@ -118,9 +119,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     total = len(prompts) * args.n
     if not 1 <= total <= MAX_SAMPLES:
         raise ValueError(f"-n gives {total} samples; allowed 1 to {MAX_SAMPLES}")
+    pipe = load_pipeline(model, modality, scheduler=args.scheduler)
+    if args.length is not None and (error := pipe.length_error(args.length)) is not None:
+        raise ValueError(f"--length {error}")
     with progress_bar(f"generate {args.modality}", not args.quiet) as bar:
         samples = generate(
-            model,
+            pipe,
             prompts,
             modality=modality,
             num_per_prompt=args.n,
@@ -130,12 +134,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             guidance_rescale=args.guidance_rescale,
             guidance_interval=tuple(args.guidance_interval),
             seed=args.seed,
-            scheduler=args.scheduler,
             audio_length_in_s=args.length,
             adapters=[(args.adapter, args.adapter_scale)] if args.adapter is not None else [],
             progress=bar,
             attention=args.attention,
+            name=model,
+            base_model_id=model,
         )
+    samples.settings["scheduler"] = args.scheduler or "saved"
     write_samples(samples, args.out, world=world, force=args.force)
     print(f"wrote {len(samples)} {args.modality} samples, grid.png and manifest.json to {args.out}")
     return 0

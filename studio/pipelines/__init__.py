@@ -75,9 +75,13 @@ def load_pipeline(
     try:
         pipe = cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError, TypeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not Path(source).exists():  # a hub id: diffusers' message is about the network and its own stack trace
+            reason = "no such folder, and not in the local Hugging Face cache"
+        else:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = reason.split(". Please check out the root cause")[0][:200]
         raise ValueError(
-            f"cannot load {modality} model {str(model)!r} ({first}); pass an embedded name "
+            f"cannot load {modality} model {str(model)!r} ({reason}); pass an embedded name "
             f"({', '.join(sorted(EMBEDDED))}), a diffusers pipeline folder, or a cached hub id"
         ) from None
     if scheduler is not None:

@@ -74,27 +74,39 @@ class StudioMusicPipeline(StudioDiffusionPipeline):
         frames = frames or self.unet.config.sample_size
         return frames * self.codec.config.hop_length / self.sample_rate
 
+    @property
+    def length_step_s(self) -> float:
+        """Clip lengths are whole multiples of this many seconds (the UNet's frame granularity)."""
+        multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return multiple * self.codec.config.hop_length / self.sample_rate
+
+    @property
+    def max_length_s(self) -> float:
+        """The longest clip this pipeline makes: 16 times its training length."""
+        return 16 * self.default_length_s
+
+    def length_error(self, audio_length_in_s: float) -> str | None:
+        """Why the pipeline cannot make a clip of this length (None: it can), with the nearest length it can."""
+        step = self.length_step_s
+        if audio_length_in_s > self.max_length_s + 1e-3:
+            return f"{audio_length_in_s} is too long; at most {self.max_length_s:g} s"
+        count = round(audio_length_in_s / step)
+        if audio_length_in_s <= 0 or count < 1 or abs(count * step - audio_length_in_s) > 1e-3:
+            nearest = max(1, count) * step
+            got = f"got {audio_length_in_s!r}; try {nearest:.3f}"
+            return f"must be a positive multiple of {step:.3f} s for this model, {got}"
+        return None
+
     def frames_for(self, audio_length_in_s: float) -> int:
         """Mel frames for a clip length.
 
         Raises:
             ValueError: for lengths that are not a positive multiple of the UNet's frame granularity.
         """
-        multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)
-        seconds_per_frame = self.codec.config.hop_length / self.sample_rate
-        frames = round(audio_length_in_s / seconds_per_frame)
-        if audio_length_in_s <= 0 or frames % multiple or abs(frames * seconds_per_frame - audio_length_in_s) > 1e-3:
-            step = multiple * seconds_per_frame
-            nearest = max(1, round(audio_length_in_s / step)) * step
-            raise ValueError(
-                f"audio_length_in_s must be a positive multiple of {step:.3f} s for this model, "
-                f"got {audio_length_in_s!r}; try {nearest:.3f}"
-            )
-        if frames > 16 * self.default_length_s / seconds_per_frame:
-            raise ValueError(
-                f"audio_length_in_s {audio_length_in_s} is too long; at most {16 * self.default_length_s} s"
-            )
-        return frames
+        error = self.length_error(audio_length_in_s)
+        if error is not None:
+            raise ValueError(f"audio_length_in_s {error}")
+        return round(audio_length_in_s * self.sample_rate / self.codec.config.hop_length)
 
     def prepare_latents(
         self,
