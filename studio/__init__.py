@@ -72,6 +72,7 @@ _API: dict[str, str] = {
     # files written whole or not at all
     "atomic_dir": "studio.io",
     "atomic_write_text": "studio.io",
+    "check_work_dir": "studio.io",
     # the web app (gradio is imported only by build_ui)
     "Studio": "studio.app.service",
     "build_ui": "studio.app.ui",

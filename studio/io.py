@@ -77,6 +77,28 @@ def check_output_dir(path: str | Path, *, name: str = "--out", force: bool = Fal
     return path
 
 
+def check_work_dir(path: str | Path, *, name: str) -> Path:
+    """Validate a folder a command keeps writing into (a training run's folder, the app's working folder).
+
+    Unlike :func:`check_output_dir` the folder is not replaced, so it may hold files already (a run to resume).
+
+    Raises:
+        ValueError: for a file at ``path`` or a place that cannot be written, naming ``path``.
+    """
+    path = Path(path)
+    if path.name in ("", ".."):
+        raise ValueError(f"{name} {str(path)!r} is not a folder's name; give one such as runs/mine")
+    try:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{name} {str(path)!r} is a file, not a folder; pass a folder path")
+        probe = tempfile.mkdtemp(prefix=".probe-", dir=path if path.is_dir() else _existing_parent(path))
+        os.rmdir(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(f"{name} {str(path)!r} cannot be written here ({reason}); choose another folder") from None
+    return path
+
+
 def _existing_parent(path: Path) -> Path:
     """The nearest existing folder on the way to ``path`` (its parent when that exists)."""
     for parent in path.absolute().parents:

@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 import studio
+from studio import check_work_dir
 from studio.app.handlers import LOSS_COLUMNS, PROGRESS, Handlers
 from studio.app.inputs import (
     MAX_ADAPTER_SCALE,
@@ -391,7 +392,7 @@ def launch(
     """
     if not 0 < port < 65536:
         raise ValueError(f"--port must be from 1 to 65535, got {port}")
-    workdir = Path(workdir).absolute()
+    workdir = check_work_dir(Path(workdir).absolute(), name="--workdir")
     studio = Studio(workdir, models=models, compile=compile)  # checks the model folders before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
     if compile:

@@ -39,8 +39,15 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: ...``, exit code 2), like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog.removeprefix('mixstudio ') or 'mixstudio'}: {message}; see --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixstudio", description="Finetuning studio for diffusion and music models.")
+    parser = Parser(prog="mixstudio", description="Finetuning studio for diffusion and music models.")
     parser.add_argument("--quiet", action="store_true", help="hide progress bars and info logs")
     parser.add_argument(
         "--threads",
@@ -64,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mixstudio``; returns the process exit code."""
     from studio.threads import prefer_passive_waits, set_threads
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a malformed command line (2), already printed
+        return stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     before = {name: os.environ.get(name) for name in _ENVIRONMENT}
     torch_threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None

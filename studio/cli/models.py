@@ -31,6 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from studio.config import apply_overrides
+    from studio.io import check_work_dir
     from studio.recipes import RECIPES, get_recipe, run_config
 
     if args.recipe == "list":
@@ -40,6 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = apply_overrides(get_recipe(args.recipe), args.overrides)
     if args.out is not None:
         config = dataclasses.replace(config, out=args.out)
+    check_work_dir(config.out, name="--out")
     command = "mixstudio " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     result = run_config(config, command=command)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary for a data-parallel run, from its first process
