@@ -315,7 +315,7 @@ def _train_tab(h: Handlers, studio: Studio) -> gr.State:
     timer = gr.Timer(2.0, active=False)
     trained = gr.State("")
     outputs = [status, loss, sample, log, timer, trained]
-    start.click(h.train_start, [recipe, overrides, name], outputs, **LIGHT)
+    start.click(h.train_start, [recipe, overrides, name], outputs, concurrency_id="train-start", concurrency_limit=1)
     cancel.click(h.train_cancel, None, outputs, **LIGHT)
     timer.tick(h.train_poll, None, outputs, **LIGHT)
     return trained
