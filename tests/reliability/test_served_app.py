@@ -35,7 +35,7 @@ def test_eight_users_at_once_are_all_served(workdir, no_embedded, monkeypatch):
             client = gradio_client.Client(url, verbose=False)
             start = time.perf_counter()
             inputs = ["runs/a", f"a red circle {k}", "", 2, 2.0, k, 1, "saved", "", 1.0, 0.0, 1.0]
-            _, manifest, status = client.predict(*inputs, api_name="/generate_image")
+            _, _, status = client.predict(*inputs, api_name="/generate_image")
             return time.perf_counter() - start, status
 
         start = time.perf_counter()
