@@ -152,3 +152,17 @@ def test_generate_with_an_attention_backend_records_it_and_matches_the_default(t
     assert "--attention 'flash' is unknown; use one of ['reference', 'sdpa', 'triton', 'xformers']" in (
         capsys.readouterr().err
     )
+
+
+def test_non_finite_samples_are_an_error_never_a_file(tmp_path, tiny_embedded_pipeline):
+    import copy
+
+    import torch
+
+    from studio import generate
+
+    broken = copy.deepcopy(tiny_embedded_pipeline)
+    with torch.no_grad():
+        broken.unet.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"sampling 'a red circle' \(seed 7\) is not finite \(NaN or inf\); lower"):
+        generate(broken, "a red circle", num_inference_steps=1, seed=7)

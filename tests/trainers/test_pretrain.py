@@ -296,3 +296,31 @@ def test_a_nan_loss_stops_training_at_that_step_and_keeps_the_last_checkpoint(tm
     root = tmp_path / "run" / "checkpoints"
     assert (root / "latest").read_text().strip() == "step-00000002" and not (tmp_path / "run" / "model").exists()
     assert all(torch.isfinite(v).all() for v in load_file(root / "step-00000002" / "model.safetensors").values())
+
+
+def test_a_changed_lr_applies_on_resume_with_a_warning(tmp_path, caplog):
+    first = PretrainTrainer(tiny_config(tmp_path / "run", lr_warmup_steps=0))
+    first.setup()
+    run_steps(first, 2)
+    first.save_checkpoint()
+    resumed = PretrainTrainer(tiny_config(tmp_path / "run", lr=5e-4, lr_warmup_steps=0))
+    with caplog.at_level("WARNING"):
+        resumed.setup()
+    assert "lr changed from 0.001 to 0.0005 on resume" in caplog.text
+    expected = 5e-4 * resumed.lr_scheduler.lr_lambdas[0](resumed.lr_scheduler.last_epoch)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    run_steps(resumed, 1)
+    assert resumed.lr_scheduler.get_last_lr()[0] == pytest.approx(5e-4 * resumed.lr_scheduler.lr_lambdas[0](3))
+
+
+def test_a_tampered_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path):
+    first = PretrainTrainer(tiny_config(tmp_path / "run"))
+    first.setup()
+    run_steps(first, 1)
+    path = first.save_checkpoint()
+    (path / "optimizer.pt").write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(ValueError, match=r"checkpoint file .*optimizer\.pt' cannot be read .* delete this checkpoint"):
+        PretrainTrainer(tiny_config(tmp_path / "run")).setup()
+    first.save_checkpoint()  # repaired
+    with pytest.raises(ValueError, match="does not fit this run's model .* use a new --out"):
+        PretrainTrainer(tiny_config(tmp_path / "run", channels=(16, 48))).setup()
