@@ -322,5 +322,5 @@ def test_a_tampered_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint file .*optimizer\.pt' cannot be read .* delete this checkpoint"):
         PretrainTrainer(tiny_config(tmp_path / "run")).setup()
     first.save_checkpoint()  # repaired
-    with pytest.raises(ValueError, match="does not fit this run's model .* use a new --out"):
+    with pytest.raises(ValueError, match=r"does not fit this run's model .* use a new --out"):
         PretrainTrainer(tiny_config(tmp_path / "run", channels=(16, 48))).setup()
