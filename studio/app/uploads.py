@@ -85,7 +85,7 @@ def _checked_root(zf: zipfile.ZipFile, max_total: int) -> Path:
         path = Path(member.filename)
         if path.is_absolute() or ".." in path.parts or "\\" in member.filename:
             raise ValueError(f"archive member {member.filename!r} points outside the folder; re-zip the folder")
-        if path.suffix not in UPLOAD_SUFFIXES:
+        if path.suffix not in UPLOAD_SUFFIXES and path.name != "pipeline.py":  # pipeline.py: checked when loading
             raise ValueError(f"archive member {member.filename!r} is not allowed; only {list(UPLOAD_SUFFIXES)} files")
     indexes = [Path(m.filename) for m in files if Path(m.filename).name == "model_index.json"]
     if len(indexes) != 1 or len(indexes[0].parts) > 2:
@@ -104,5 +104,7 @@ def _check_model_index(path: Path) -> None:
     if not isinstance(data, dict):
         raise ValueError("model_index.json must be a JSON object; re-save the pipeline")
     for key, value in data.items():
+        if key == "_class_name":  # ["pipeline", class]: the loader runs only the studio's own pipeline.py
+            continue
         if isinstance(value, list) and value and value[0] is not None and value[0] not in UPLOAD_LIBRARIES:
             raise ValueError(f"model_index.json component {key!r} comes from {value[0]!r}; allowed {UPLOAD_LIBRARIES}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from studio.models.zoo import EMBEDDED, model_dir
-from studio.pipelines.base import SCHEDULERS, StudioDiffusionPipeline, make_scheduler
+from studio.pipelines.base import SCHEDULERS, StudioDiffusionPipeline, class_name, make_scheduler, read_index
 from studio.pipelines.image import StudioImagePipeline
 from studio.pipelines.music import MusicPipelineOutput, StudioMusicPipeline
 
@@ -29,15 +28,11 @@ def model_modality(source: str | Path) -> Modality:
     """The modality of an embedded name or a pipeline folder (``audio`` for music pipelines, else ``image``)."""
     if str(source) in EMBEDDED:
         return EMBEDDED[str(source)].modality
-    index = Path(source) / "model_index.json"
-    if index.is_file():
-        try:
-            data = json.loads(index.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{str(index)!r} is not valid JSON ({err}); re-save the pipeline") from None
-        by_class = {cls.__name__: modality for modality, cls in PIPELINES.items()}
-        return by_class.get(data.get("_class_name"), "audio" if "codec" in data else "image")  # type: ignore
-    return "image"
+    data = read_index(source)
+    if data is None:
+        return "image"
+    by_class = {cls.__name__: modality for modality, cls in PIPELINES.items()}
+    return by_class.get(class_name(data), "audio" if "codec" in data else "image")  # type: ignore[return-value]
 
 
 def compile_pipeline(pipe: StudioDiffusionPipeline) -> StudioDiffusionPipeline:
@@ -71,7 +66,7 @@ def load_pipeline(
     """
     cls = pipeline_class(modality)
     source = str(model_dir(str(model)) if str(model) in EMBEDDED else model)
-    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         pipe = cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError, TypeError, KeyError) as err:

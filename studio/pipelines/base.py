@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -30,6 +31,55 @@ SCHEDULERS: dict[str, type] = {
 }
 MAX_STEPS = 1000
 MAX_BATCH = 64
+#: The module a saved folder's ``pipeline.py`` is: ``model_index.json`` names ``["pipeline", "<class>"]``.
+SHIM_MODULE = "pipeline"
+
+
+def shim_source(cls: type) -> str:
+    """The ``pipeline.py`` saved beside a studio pipeline: one import, nothing else (mixstudio checks it is exactly
+    this before it lets diffusers import it)."""
+    return (
+        f'"""Lets diffusers load this folder: DiffusionPipeline.from_pretrained(folder, trust_remote_code=True), with '
+        f'mixstudio installed."""\n\nfrom {cls.__module__} import {cls.__name__}  # noqa: F401\n'
+    )
+
+
+def read_index(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """A pipeline folder's ``model_index.json`` (None when the folder has none).
+
+    Raises:
+        ValueError: for an index that is not a JSON object.
+    """
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        data = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(index)!r} is not valid JSON ({err}); re-save the pipeline") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(index)!r} is not a JSON object; re-save the pipeline")
+    return data
+
+
+def class_name(index: dict[str, Any]) -> str:
+    """The pipeline class an index names (``"StableDiffusionPipeline"``, or the class of ``["pipeline", name]``)."""
+    name = index.get("_class_name")
+    return str(name[-1]) if isinstance(name, (list, tuple)) and name else str(name)
+
+
+def stable_diffusion_index(index: dict[str, Any]) -> dict[str, Any]:
+    """A studio ``model_index.json`` of a Stable Diffusion layout, rewritten as a ``StableDiffusionPipeline``'s."""
+    keep = ("_diffusers_version", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    out = {key: index[key] for key in keep if key in index}
+    out.update(
+        _class_name="StableDiffusionPipeline",
+        safety_checker=[None, None],
+        feature_extractor=[None, None],
+        image_encoder=[None, None],
+        requires_safety_checker=False,
+    )
+    return out
 
 
 def make_scheduler(name: str, config: Any) -> Any:
@@ -72,26 +122,95 @@ class StudioDiffusionPipeline(DiffusionPipeline):
 
     def _attach_packaged_text_encoder(self, text_encoder: Any, text_encoder_package: str | None) -> None:
         self.register_to_config(text_encoder_package=text_encoder_package)
+        self._shares_text_encoder = False
         if text_encoder is None and text_encoder_package is not None:
             encoder, tokenizer = load_packaged_text_encoder(text_encoder_package)
             # the config entries stay (None, None), so save_pretrained skips the shared encoder
             self.text_encoder, self.tokenizer = encoder, tokenizer
+            self._shares_text_encoder = True
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> StudioDiffusionPipeline:
+        """diffusers' ``from_pretrained``, refusing folders this class cannot load faithfully.
+
+        A folder saved by :meth:`save_pretrained` names its class through ``pipeline.py``; diffusers imports that
+        file only when it is exactly the one-line import this studio writes: a folder that carries code of its
+        own is refused, never run.
+
+        Raises:
+            ValueError: for an SDXL pipeline (its second text encoder and size conditioning are not supported, so
+                samples would be wrong) or a folder with pipeline code of its own.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        index = read_index(folder) if folder.is_dir() else None
+        if index is not None:
+            name = class_name(index)
+            if name.startswith("StableDiffusionXL") or "text_encoder_2" in index:
+                raise ValueError(
+                    f"{str(folder)!r} is an SDXL pipeline ({name}); its second text encoder and size conditioning "
+                    "are not supported yet, so it is refused rather than sampled wrongly; use an SD 1.x/2.x model"
+                )
+            if isinstance(index.get("_class_name"), (list, tuple)):
+                shim = folder / f"{SHIM_MODULE}.py"
+                if not shim.is_file() or shim.read_text() != shim_source(cls):
+                    raise ValueError(
+                        f"{str(folder)!r} carries pipeline code of its own ({shim.name}) or names another class "
+                        f"than {cls.__name__}; mixstudio does not run it (load it with diffusers if you trust it)"
+                    )
+                kwargs["trust_remote_code"] = True  # the file is exactly this class's one-line import
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def to(self, *args: Any, **kwargs: Any) -> StudioDiffusionPipeline:
+        """diffusers' ``to`` (device and dtype), touching only this pipeline.
+
+        The packaged text encoder is one object shared by every pipeline of the process (loaded once); before it is
+        moved or cast, this pipeline takes its own copy, so ``pipe.to(torch.bfloat16)`` never changes another
+        pipeline's prompts.
+        """
+        if self._shares_text_encoder:
+            self.text_encoder = copy.deepcopy(self.text_encoder)
+            self._shares_text_encoder = False
+        return super().to(*args, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """diffusers' ``save_pretrained``, without the ``_name_or_path`` entries that record where the sources
-        were loaded from (a path on the machine that saved them, meaningless and private anywhere else)."""
+        """diffusers' ``save_pretrained``, in a folder diffusers itself can load back.
+
+        A Stable Diffusion layout (a VAE and a saved CLIP text encoder) is saved as a ``StableDiffusionPipeline``,
+        which plain diffusers loads. Any other (the embedded models: a packaged text encoder, pixel space or mels) is
+        saved with ``pipeline.py``, a one-line import of this class, named in ``model_index.json`` as
+        ``["pipeline", "<class>"]``: ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it
+        where mixstudio is installed (diffusers' convention for pipelines outside its package). The
+        ``_name_or_path`` entries that record where the sources were loaded from (a path on the machine that saved
+        them, meaningless and private anywhere else) are dropped.
+        """
         super().save_pretrained(save_directory, **kwargs)
-        for path in Path(save_directory).glob("**/*.json"):
+        folder = Path(save_directory)
+        for path in folder.glob("**/*.json"):
             try:
                 config = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 continue
             if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
                 path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        index = json.loads((folder / "model_index.json").read_text())
+        if self.is_stable_diffusion_layout():
+            index = stable_diffusion_index(index)
+        else:
+            index["_class_name"] = [SHIM_MODULE, type(self).__name__]
+            (folder / f"{SHIM_MODULE}.py").write_text(shim_source(type(self)))
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    def is_stable_diffusion_layout(self) -> bool:
+        """Whether this pipeline holds what a ``StableDiffusionPipeline`` holds (a VAE, a saved CLIP encoder)."""
+        vae = getattr(self, "vae", None)
+        return vae is not None and not self._shares_text_encoder and self.config.text_encoder[0] == "transformers"
 
     @property
     def execution_device(self) -> torch.device:
-        return self.unet.device
+        """Where the denoising runs: diffusers' hook-aware device (the accelerator under CPU offload)."""
+        return self._execution_device
 
     # ---- step helpers ------------------------------------------------------------------------
     def check_common_inputs(

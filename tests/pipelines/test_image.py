@@ -66,7 +66,7 @@ def test_embedded_pipeline_round_trips_without_copying_the_text_encoder(tiny_emb
     pipe = tiny_embedded_pipeline
     pipe.save_pretrained(tmp_path / "m")
     saved = {p.name for p in (tmp_path / "m").iterdir()}
-    assert saved == {"model_index.json", "unet", "scheduler"}  # the 90 MB MiniLM stays in its package
+    assert saved == {"model_index.json", "unet", "scheduler", "pipeline.py"}  # the 90 MB MiniLM stays in its package
     loaded = StudioImagePipeline.from_pretrained(tmp_path / "m")
     loaded.set_progress_bar_config(disable=True)
     kwargs = {"prompt": "a red circle", "num_inference_steps": 3, "guidance_scale": 2.0, "output_type": "np"}
