@@ -22,23 +22,28 @@ choice                        paper                                       defaul
 ============================  ==========================================  =======================================
 STFT                          Hann 2048 (46 ms), hop 512 (11.6 ms)        Hann 1024 (64 ms), hop 256 (16 ms)
 bin spacing                   21.5 Hz                                     15.6 Hz
-band plan ("v7")              100 Hz bands to 1 kHz, 250 Hz to 4 kHz,     the same plan up to our 8 kHz Nyquist:
-                              500 Hz to 8 kHz, 1 kHz to 16 kHz, 2 kHz to  10 + 12 + 8 = 30 bands (the Nyquist
-                              20 kHz, the rest one band: 41 bands         bin joins the last band)
+band plan                     "v7": 100 Hz bands to 1 kHz, 250 Hz to      100 Hz bands to 1 kHz, then four bands
+                              4 kHz, 500 Hz to 8 kHz, 1 kHz to 16 kHz,    per octave: 250 Hz to 2 kHz, 500 Hz to
+                              2 kHz to 20 kHz, the rest one band: 41      4 kHz, 1 kHz to 8 kHz (our Nyquist):
+                              bands                                       10 + 4 + 4 + 4 = 22 bands
 feature size N                128                                         64
 band + sequence layers        12                                          4
-BLSTM hidden (per direction)  256 in common re-implementations            64
+BLSTM hidden (per direction)  256 in common re-implementations            32 (2 x 32 = N out of each BLSTM)
 mask MLP hidden               512 (4N), tanh                              128 (2N), tanh
 outputs                       one model per target                        one complex mask per source per band
 norms                         group norm over the sequence                LayerNorm over N per (band, frame)
 loss                          L1 on spectrogram re/im + waveform L1       the same (``studio.trainers.separate``)
 ============================  ==========================================  =======================================
 
-Why these: the synth world is 16 kHz mono, and a separator must run on a laptop CPU (the default separates
-a 60 s clip many times faster than real time on two threads; see ``docs`` and the model card for the
-measured factor). The 100 Hz bands keep the paper's fine low-frequency split, which is where bass and kick
-drum overlap; the per-position LayerNorm keeps the model independent of how a long input is chunked.
-Silence stays silence: the masks multiply a zero spectrogram.
+Why these: the synth world is 16 kHz mono, and a separator must run on a laptop CPU. The 100 Hz bands keep
+the paper's fine low-frequency split, where bass and kick drum overlap; above 1 kHz the plan is coarser than
+the paper's (22 bands, not 30, below 8 kHz), and the BLSTMs narrower, because the recurrences are nearly all
+the cost. On one thread of a 2-core AMD EPYC (shared with other jobs, so ±30%), one 1.5 s chunk took
+(best of 9): 59 ms CPU with the paper's 30 bands below 8 kHz and 64 hidden units, 32 ms with 32 hidden
+units, 24 ms with 22 bands too (this default), 19.5 ms with 3 layers instead of 4. See
+``benchmarks/bench_separation.py`` for the real-time factor of :func:`~studio.separation.apply.separate`.
+The per-position LayerNorm keeps the model independent of how a long input is chunked. Silence stays
+silence: the masks multiply a zero spectrogram.
 """
 
 from __future__ import annotations
@@ -52,8 +57,12 @@ from torch import nn
 
 from studio.separation.base import SYNTH_SOURCES, Separator, check_contract
 
-#: The paper's "v7" band plan as ``(upper edge Hz, band width Hz)`` segments, cut at 8 kHz (16 kHz Nyquist).
-DEFAULT_BANDS: tuple[tuple[float, float], ...] = ((1000.0, 100.0), (4000.0, 250.0), (8000.0, 500.0))
+#: ``(upper edge Hz, band width Hz)`` segments: the paper's 100 Hz bands up to 1 kHz, then four bands per octave.
+DEFAULT_BANDS: tuple[tuple[float, float], ...] = ((1000.0, 100.0), (2000.0, 250.0), (4000.0, 500.0), (8000.0, 1000.0))
+#: The paper's "v7" plan (its best for vocals), for 44.1 kHz: 41 bands with 2048-point STFTs.
+PAPER_BANDS: tuple[tuple[float, float], ...] = (
+    (1000.0, 100.0), (4000.0, 250.0), (8000.0, 500.0), (16000.0, 1000.0), (20000.0, 2000.0),
+)  # fmt: skip
 
 
 def band_edges(n_fft: int, sample_rate: int, bands: Sequence[Sequence[float]]) -> list[int]:
@@ -127,7 +136,7 @@ class BandSplitRNN(Separator):
         hop_length: int = 256,
         bands: Sequence[Sequence[float]] = DEFAULT_BANDS,
         features: int = 64,
-        hidden: int = 64,
+        hidden: int = 32,
         layers: int = 4,
         mask_hidden: int = 128,
     ):

@@ -7,8 +7,9 @@ waveform branch that merge at the bottom), wrapped so it saves and loads like ev
 Sizing for the ``synth`` world (16 kHz mono, drums/bass/lead). torchaudio's presets are ``hdemucs_low``
 (nfft 1024, depth 5, "around 8 kHz"), ``hdemucs_medium`` (nfft 2048, depth 6, 16-32 kHz, untested upstream) and
 ``hdemucs_high`` (nfft 4096, depth 6, 44.1 kHz; 48 channels, 84 M parameters). We keep the low preset's
-nfft 1024 / depth 5: at 16 kHz that is a 64 ms window and a 16 ms hop, the same STFT as our BSRNN, and five
-levels take the 512 frequency bins down to one (512 → 128 → 32 → 8 → 1) before the waveform branch merges.
+nfft 1024 / depth 5: at 16 kHz that is a 64 ms window and a 16 ms hop, the same STFT as our BSRNN; four levels
+take the 512 frequency bins down to one (512 → 128 → 32 → 8 → 1), where the waveform branch merges in, and the
+fifth works on the merged sequence.
 ``channels=16`` (against 48) gives 2.2 M parameters (9 MB), the same order as the default BSRNN.
 
 Real checkpoints: :func:`load_hdemucs_checkpoint` reads a folder with an HDemucs state dict as ``.safetensors``

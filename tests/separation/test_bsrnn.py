@@ -4,9 +4,7 @@ import pytest
 import torch
 
 from studio.separation import BandSplitRNN, band_edges, load_separator
-from studio.separation.bsrnn import DEFAULT_BANDS
-
-PAPER_BANDS = ((1000, 100), (4000, 250), (8000, 500), (16000, 1000), (20000, 2000))
+from studio.separation.bsrnn import DEFAULT_BANDS, PAPER_BANDS
 
 
 @pytest.mark.parametrize(
@@ -28,15 +26,16 @@ def test_band_plan_covers_every_stft_bin_exactly_once(n_fft, rate, bands):
     assert covered.eq(1).all()
 
 
-def test_default_band_plan_is_the_papers_below_8khz():
+def test_default_band_plan_keeps_the_papers_low_bands_then_four_per_octave():
     edges = band_edges(1024, 16_000, DEFAULT_BANDS)
     widths_hz = [(hi - lo) * 16_000 / 1024 for lo, hi in itertools.pairwise(edges)]
-    assert len(widths_hz) == 30  # 10 x 100 Hz + 12 x 250 Hz + 8 x 500 Hz
-    assert all(90 <= w <= 110 for w in widths_hz[:10])
-    assert all(w == 250 for w in widths_hz[10:22])
-    assert widths_hz[22:-1] == [500] * 7 and edges[-1] == 513  # the Nyquist bin joins the last 500 Hz band
-    # the paper's own 44.1 kHz plan gives its 41 bands
+    assert len(widths_hz) == 22  # 10 x 100 Hz + 4 x 250 Hz + 4 x 500 Hz + 4 x 1 kHz
+    assert all(90 <= w <= 110 for w in widths_hz[:10]) and sum(widths_hz[:10]) == 1000
+    assert widths_hz[10:18] == [250] * 4 + [500] * 4
+    assert widths_hz[18:21] == [1000] * 3 and edges[-1] == 513  # the Nyquist bin joins the last 1 kHz band
+    # the paper's own plan gives its 41 bands at 44.1 kHz, and 30 below our 8 kHz Nyquist
     assert len(band_edges(2048, 44_100, PAPER_BANDS)) - 1 == 41
+    assert len(band_edges(1024, 16_000, PAPER_BANDS[:3])) - 1 == 30
 
 
 @pytest.mark.parametrize("bands", [((1000, 0),), ((1000, 100), (500, 100)), ((1000, 2000),)])
@@ -100,4 +99,4 @@ def test_forward_refuses_the_wrong_channel_count(tiny_bsrnn):
 
 def test_default_model_is_a_few_megabytes():
     params = sum(p.numel() for p in BandSplitRNN().parameters())
-    assert 1_000_000 < params < 2_500_000  # measured 1,716,752 (6.9 MB in float32)
+    assert 1_000_000 < params < 2_000_000  # 1,284,112 (5.1 MB in float32)
