@@ -29,7 +29,7 @@ band plan                     "v7": 100 Hz bands to 1 kHz, 250 Hz to      100 Hz
 feature size N                128                                         64
 band + sequence layers        12                                          4
 BLSTM hidden (per direction)  256 in common re-implementations            32 (2 x 32 = N out of each BLSTM)
-mask MLP hidden               512 (4N), tanh                              128 (2N), tanh
+mask MLP hidden               512 (4N), tanh                              64 (N), tanh
 outputs                       one model per target                        one complex mask per source per band
 norms                         group norm over the sequence                LayerNorm over N per (band, frame)
 loss                          L1 on spectrogram re/im + waveform L1       the same (``studio.trainers.separate``)
@@ -38,10 +38,12 @@ loss                          L1 on spectrogram re/im + waveform L1       the sa
 Why these: the synth world is 16 kHz mono, and a separator must run on a laptop CPU. The 100 Hz bands keep
 the paper's fine low-frequency split, where bass and kick drum overlap; above 1 kHz the plan is coarser than
 the paper's (22 bands, not 30, below 8 kHz), and the BLSTMs narrower, because the recurrences are nearly all
-the cost. On one thread of a 2-core AMD EPYC (shared with other jobs, so ±30%), one 1.5 s chunk took
-(best of 9): 59 ms CPU with the paper's 30 bands below 8 kHz and 64 hidden units, 32 ms with 32 hidden
-units, 24 ms with 22 bands too (this default), 19.5 ms with 3 layers instead of 4. See
-``benchmarks/bench_separation.py`` for the real-time factor of :func:`~studio.separation.apply.separate`.
+the cost. On one thread of a 2-core AMD EPYC shared with other jobs (so ±20%), one 1.5 s chunk took (best of
+9): 59 ms CPU with the paper's 30 bands below 8 kHz, 64 BLSTM units and a 128-wide mask MLP; 32 ms with 32
+units; 24 ms with 22 bands too. The mask MLPs' output layers are then the largest single cost (and 60% of the
+weights), so their hidden width is N, not 4N: 26.3 against 28.5 ms in one interleaved run, 0.80 M parameters
+against 1.28 M. Three layers instead of four would save another ~15%. ``benchmarks/bench_separation.py``
+measures the real-time factor of :func:`~studio.separation.apply.separate` on 60 s.
 The per-position LayerNorm keeps the model independent of how a long input is chunked. Silence stays
 silence: the masks multiply a zero spectrogram.
 """
@@ -138,7 +140,7 @@ class BandSplitRNN(Separator):
         features: int = 64,
         hidden: int = 32,
         layers: int = 4,
-        mask_hidden: int = 128,
+        mask_hidden: int = 64,
     ):
         super().__init__()
         check_contract(sources, sample_rate, audio_channels, segment_samples)

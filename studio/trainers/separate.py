@@ -85,7 +85,7 @@ class SeparateConfig(TrainerConfig):
     bsrnn_features: int = 64
     bsrnn_hidden: int = 32
     bsrnn_layers: int = 4
-    bsrnn_mask_hidden: int = 128
+    bsrnn_mask_hidden: int = 64
     hdemucs_channels: int = 16
     hdemucs_depth: int = 5
     spec_loss_weight: float = 1.0
