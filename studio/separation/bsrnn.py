@@ -42,8 +42,10 @@ the cost. On one thread of a 2-core AMD EPYC shared with other jobs (so ±20%), 
 9): 59 ms CPU with the paper's 30 bands below 8 kHz, 64 BLSTM units and a 128-wide mask MLP; 32 ms with 32
 units; 24 ms with 22 bands too. The mask MLPs' output layers are then the largest single cost (and 60% of the
 weights), so their hidden width is N, not 4N: 26.3 against 28.5 ms in one interleaved run, 0.80 M parameters
-against 1.28 M. Three layers instead of four would save another ~15%. ``benchmarks/bench_separation.py``
-measures the real-time factor of :func:`~studio.separation.apply.separate` on 60 s.
+against 1.28 M. ``benchmarks/bench_separation.py`` (60 s of 16 kHz mono through
+:func:`~studio.separation.apply.separate`, 1.5 s chunks, 25% overlap, best of 3) measured this default at 54x and
+49x real time on 2 threads in two runs, 35-37x on 1 thread (load average 0.5-1.5 from other jobs during the
+runs). Three layers instead of four would save another ~15%.
 The per-position LayerNorm keeps the model independent of how a long input is chunked. Silence stays
 silence: the masks multiply a zero spectrogram.
 """
