@@ -20,8 +20,6 @@ from studio.evaluation.separation import (
 )
 from studio.worlds import get_world, sample_seed
 
-mir_eval_separation = pytest.importorskip("mir_eval.separation")
-
 
 def _random_sources(rng, shape, leak=0.2, noise=0.3):
     refs = rng.standard_normal(shape)
@@ -31,6 +29,7 @@ def _random_sources(rng, shape, leak=0.2, noise=0.3):
 
 def _mir_eval_images(refs, ests):
     """mir_eval wants (S, T, C); it warns that bss_eval_images is deprecated from 0.8 (removed in 0.9)."""
+    mir_eval_separation = pytest.importorskip("mir_eval.separation")  # a test dependency: mir_eval==0.8.2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return mir_eval_separation.bss_eval_images(
