@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from studio.cli import evaluate, models, sample
+from studio.cli import evaluate, models, sample, separate
 
 logger = logging.getLogger("studio")
 
@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     "generate": Command(sample.add_generate, sample.cmd_generate),
     "eval": Command(evaluate.add_eval, evaluate.cmd_eval),
     "sweep": Command(sample.add_sweep, sample.cmd_sweep),
+    "separate": Command(separate.add_separate, separate.cmd_separate),
     "train": Command(models.add_train, models.cmd_train),
     "merge": Command(models.add_merge, models.cmd_merge),
     "serve": Command(models.add_serve, models.cmd_serve),

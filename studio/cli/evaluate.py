@@ -19,7 +19,13 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("folder", type=Path, nargs="?", default=None, help="samples folder (not with --pareto)")
     ev.add_argument("--judge", choices=("eval", "reward"), default="eval", help="which judge scores")
     ev.add_argument(
-        "--reference", type=int, default=256, help=f"world samples in the Fréchet reference (2 to {MAX_REFERENCE})"
+        "--reference",
+        default=None,
+        help=f"world samples in the Fréchet reference (2 to {MAX_REFERENCE}, default 256); with --separation: the "
+        "folder of true stems",
+    )
+    ev.add_argument(
+        "--separation", type=Path, default=None, metavar="EST", help="score stems `mixstudio separate` wrote"
     )
     ev.add_argument("--out", type=Path, default=None, help="report path (default: FOLDER/eval.json); --pareto: folder")
     ev.add_argument("--force", action="store_true", help="--pareto: replace --out even if mixstudio did not write it")
@@ -43,13 +49,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.pareto is not None:
         return cmd_pareto(args)
+    if args.separation is not None:
+        return cmd_separation(args)
     if args.folder is None:
         raise ValueError("give a samples FOLDER to score, or --pareto image|music with --out DIR")
-    check_int("--reference", args.reference, 2, MAX_REFERENCE)
+    args.reference = check_int("--reference", _whole(args.reference, 256), 2, MAX_REFERENCE)
     out = args.out or args.folder / "eval.json"
     if out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a folder; pass a file path such as report.json")
     report = evaluate_folder(args.folder, role=args.judge, reference_size=args.reference)
+    write_report(report, out)
+    print(report.table())
+    print(f"report: {out}")
+    return 0
+
+
+def _whole(text: str | None, default: int) -> int | str:
+    """``--reference`` as a count: its integer value, or the text itself when it is none (for the message)."""
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def cmd_separation(args: argparse.Namespace) -> int:
+    from studio.evaluation.folder import write_report
+    from studio.evaluation.stems import evaluate_separation
+
+    if args.folder is not None or args.reference is None:
+        raise ValueError("--separation EST needs --reference REF (the true stems) and no samples FOLDER")
+    out = args.out or args.separation / "eval-separation.json"
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a folder; pass a file path such as report.json")
+    report = evaluate_separation(args.separation, args.reference)
     write_report(report, out)
     print(report.table())
     print(f"report: {out}")

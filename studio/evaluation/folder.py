@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -47,6 +48,6 @@ def evaluate_folder(folder: str | Path, role: Role = "eval", reference_size: int
     return score_samples(data, prompts, world, role=role, reference_size=reference_size, labels=labels)
 
 
-def write_report(report: EvalReport, path: Path) -> None:
-    """Write a report as JSON, atomically."""
+def write_report(report: Any, path: Path) -> None:
+    """Write a report (anything with ``to_json()``) as JSON, atomically."""
     atomic_write_text(path, report.to_json() + "\n")

@@ -142,3 +142,23 @@ def slider_pairs() -> dict[str, tuple[str, str]]:
         if "quality" in roles and "diversity" in roles:
             pairs[world] = (roles["quality"], roles["diversity"])
     return dict(sorted(pairs.items()))
+
+
+#: Every shipped source separator by name: the command that makes it.
+EMBEDDED_SEPARATORS: dict[str, str] = {
+    "synth-sep": "mixstudio train separate-synth --set max_steps=800 --set export=assets/models/synth-sep",
+}
+
+
+def separator_dir(name: str) -> Path:
+    """Folder of a shipped separator.
+
+    Raises:
+        ValueError: if the name is unknown or the separator is not shipped (naming the command that makes it).
+    """
+    if name not in EMBEDDED_SEPARATORS:
+        raise ValueError(f"unknown embedded separator {name!r}; use one of {sorted(EMBEDDED_SEPARATORS)}")
+    path = assets_dir() / "models" / name
+    if not (path / "config.json").is_file():
+        raise ValueError(f"separator {name!r} is not at {str(path)!r}; make it with `{EMBEDDED_SEPARATORS[name]}`")
+    return path

@@ -14,14 +14,12 @@ from studio.separation.apply import check_audio, overlap_add, separate
 from studio.separation.base import SYNTH_SOURCES, Separator, check_contract
 from studio.separation.blend import BlendSeparator, blend_weights, fit_blend
 from studio.separation.bsrnn import BandSplitRNN, band_edges
+from studio.separation.families import MEMBERS
 from studio.separation.hdemucs import HDemucsSeparator, load_hdemucs_checkpoint, save_hdemucs_checkpoint
 
-#: Separator families by name (``SeparateConfig.model`` and the CLI pick from these).
-SEPARATORS: dict[str, type[Separator]] = {
-    "bsrnn": BandSplitRNN,
-    "hdemucs": HDemucsSeparator,
-    "blend": BlendSeparator,
-}
+#: Separator families by name (``SeparateConfig.model`` and the CLI pick from these): the blendable families
+#: (``families.MEMBERS``) and the blend.
+SEPARATORS: dict[str, type[Separator]] = {**MEMBERS, "blend": BlendSeparator}
 
 
 def separator_class(class_name: str | None) -> type[Separator]:

@@ -22,6 +22,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from studio.separation.base import Separator, check_contract
+from studio.separation.families import member_class
 
 
 class BlendSeparator(Separator):
@@ -45,14 +46,10 @@ class BlendSeparator(Separator):
         segment_samples: int,
     ):
         super().__init__()
-        from studio.separation import separator_class
-
         check_contract(sources, sample_rate, audio_channels, segment_samples)
         if not member_configs:
             raise ValueError("a blend needs at least one member separator")
-        self.members = nn.ModuleList(
-            separator_class(cfg.get("_class_name")).from_config(cfg) for cfg in member_configs
-        )
+        self.members = nn.ModuleList(member_class(cfg.get("_class_name")).from_config(cfg) for cfg in member_configs)
         for member in self.members:
             _check_same_contract(member, list(sources), sample_rate, audio_channels)
         self.register_buffer("weights", torch.full((len(sources), len(member_configs)), 1.0 / len(member_configs)))

@@ -14,7 +14,6 @@ SI-SDRi per stem, next to the oracle ideal-ratio-mask and mixture-as-estimate ba
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from studio.config import to_dict
 from studio.evaluation.separation import ideal_ratio_mask, mixture_as_estimate, separation_scores
-from studio.io import atomic_dir, atomic_write_text
 from studio.separation import SEPARATORS, SYNTH_SOURCES, Separator
 from studio.separation.augment import augment_stems, remix_groups
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator, training_hardware
+from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.launch import training_hardware
 from studio.worlds import SynthWorld, get_world, sample_seed
 
 logger = logging.getLogger(__name__)
@@ -67,6 +65,7 @@ class SeparateConfig(TrainerConfig):
         flip_sign: flip each stem's sign with probability 1/2.
         max_speed_change: largest varispeed change (0.04: ±4%, about ±0.7 semitone and ±4% tempo); 0 turns it off.
         eq_max_db: largest gain of the random EQ curve in dB; 0 turns it off.
+        export: also write the exported separator here (e.g. ``assets/models/synth-sep``).
     """
 
     out: Path = Path("runs/separate-synth")
@@ -98,6 +97,7 @@ class SeparateConfig(TrainerConfig):
     flip_sign: bool = True
     max_speed_change: float = 0.04
     eq_max_db: float = 6.0
+    export: Path | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -254,25 +254,11 @@ class SeparateTrainer(Trainer):
         return metrics | self._baselines
 
     def export(self, metrics: dict[str, float]) -> Path:
-        """Write ``out/model``: the separator (``save_pretrained``), metrics.json, train_config.json and a card."""
+        """Write ``out/model`` (and ``export``): the separator, train_metrics.json, train_config.json and a card."""
         model = self.accelerator.unwrap_model(self.model)
-        target = self.out / "model"
-        with atomic_dir(target, name="export") as tmp:
-            model.save_pretrained(tmp)
-            atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-            atomic_write_text(tmp / "train_config.json", json.dumps(to_dict(self.config), indent=2) + "\n")
-            atomic_write_text(
-                tmp / "README.md",
-                model_card(
-                    self.config,
-                    metrics,
-                    model,
-                    self.command,
-                    training_hardware(self.accelerator.device, self.accelerator.num_processes),
-                ),
-            )
-        logger.info("exported %s", target)
-        return target
+        hardware = training_hardware(self.accelerator.device, self.accelerator.num_processes)
+        card = model_card(self.config, metrics, model, self.command, hardware)
+        return self.write_model(model.save_pretrained, metrics, card)
 
 
 def model_card(config: SeparateConfig, metrics: dict[str, Any], model: Separator, command: str, hardware: str) -> str:

@@ -58,7 +58,7 @@ def test_checkpoint_loader_separates_44k_stereo_into_four_stems(tmp_path):
     arch = {"nfft": 4096, "depth": 6, "channels": 4}
     model = _random_torchaudio_model(MUSDB_SOURCES, 2, **arch)
     folder = save_hdemucs_checkpoint(model, tmp_path / "ckpt", sample_rate=44_100, architecture=arch)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [".mixstudio", "config.json", "model.safetensors"]
     separator = load_separator(folder)  # no _class_name: read as a checkpoint
     assert isinstance(separator, HDemucsSeparator)
     assert (separator.sources, separator.sample_rate, separator.audio_channels) == (MUSDB_SOURCES, 44_100, 2)

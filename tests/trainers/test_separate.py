@@ -116,7 +116,7 @@ def test_fit_evaluates_against_baselines_and_exports_a_loadable_model(tmp_path):
         assert key in metrics
     assert metrics["irm_sdr"] > metrics["mixture_sdr"] + 5  # the oracle's headroom on these clips
     folder = tmp_path / "model"
-    saved = json.loads((folder / "metrics.json").read_text())
+    saved = json.loads((folder / "train_metrics.json").read_text())
     assert saved["steps"] == 2 and saved["irm_sdr"] == pytest.approx(metrics["irm_sdr"])
     card = (folder / "README.md").read_text()
     assert "mixstudio train separate-synth" in card and "oracle IRM" in card

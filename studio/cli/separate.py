@@ -1,0 +1,78 @@
+"""``mixstudio separate``: split music files into stems with a trained separator."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from studio.cli.common import add_out
+
+
+def add_separate(sub: argparse._SubParsersAction) -> None:
+    sep = sub.add_parser("separate", help="split audio files into stems (drums, bass, lead) with a separator")
+    sep.add_argument("inputs", type=Path, nargs="+", help="WAV or FLAC files: any rate, channel count and length")
+    sep.add_argument(
+        "--model",
+        default="synth-sep",
+        help="an embedded separator (synth-sep) or a separator folder (default: synth-sep)",
+    )
+    sep.add_argument("--stems", default=None, help="keep only these stems, comma separated (e.g. drums,bass)")
+    sep.add_argument("--two-stems", default=None, metavar="STEM", help="write STEM and no_STEM (the rest), as demucs")
+    sep.add_argument("--segment", type=float, default=None, help="chunk length in seconds (default: the model's)")
+    sep.add_argument("--overlap", type=float, default=0.25, help="fraction of a chunk shared with the next (0.25)")
+    sep.add_argument("--format", choices=("wav", "flac", "wav32"), default="wav", help="stem files (wav: 16-bit)")
+    add_out(sep, "output folder: one sub-folder of stems per input, and separation.json (replaced atomically)")
+
+
+def load_model(name: str):
+    """An embedded separator by name, or a separator folder (a converted HDemucs checkpoint too)."""
+    from studio.models.zoo import EMBEDDED_SEPARATORS, separator_dir
+    from studio.separation import load_separator
+
+    folder = separator_dir(name) if name in EMBEDDED_SEPARATORS else Path(name)
+    if not folder.is_dir():
+        known = ", ".join(sorted(EMBEDDED_SEPARATORS))
+        raise ValueError(f"--model {name!r} is neither an embedded separator ({known}) nor a folder; check the name")
+    return load_separator(folder)
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from studio.io import atomic_dir, check_output_dir
+    from studio.separation.files import (
+        check_segment,
+        input_names,
+        read_info,
+        separate_file,
+        stem_plan,
+        write_separation_manifest,
+    )
+
+    check_segment(args.segment, args.overlap)
+    for path in args.inputs:
+        read_info(path)  # every input readable before any work
+    check_output_dir(args.out, force=args.force)
+    model = load_model(args.model)
+    stems = None if args.stems is None else [s.strip() for s in args.stems.split(",") if s.strip()]
+    plan = stem_plan(model.sources, stems, args.two_stems)
+    names = input_names(args.inputs)
+    results = []
+    with atomic_dir(args.out, force=args.force) as tmp:
+        for path, name in zip(args.inputs, names, strict=True):
+            (tmp / name).mkdir()
+            with tqdm(total=100, desc=f"separate {path.name}", unit="%", disable=args.quiet) as bar:
+
+                def report(fraction: float, bar=bar) -> None:
+                    bar.update(round(100 * fraction) - bar.n)
+
+                done = separate_file(
+                    model, path, tmp / name, plan=plan, segment=args.segment, overlap=args.overlap,
+                    file_format=args.format, progress=report,
+                )  # fmt: skip
+            done.stems = {stem: f"{name}/{file}" for stem, file in done.stems.items()}
+            results.append(done)
+        settings = {"segment": args.segment, "overlap": args.overlap, "format": args.format, "plan": plan}
+        write_separation_manifest(tmp, args.model, results, settings)
+    print(f"wrote {len(results)} x {len(plan)} stems ({', '.join(plan)}) and separation.json to {args.out}")
+    return 0
