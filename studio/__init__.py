@@ -54,6 +54,17 @@ _API: dict[str, str] = {
     "get_recipe": "studio.recipes",
     "run_config": "studio.recipes",
     "apply_overrides": "studio.config",
+    # source separation
+    "SEPARATORS": "studio.separation",
+    "Separator": "studio.separation",
+    "open_separator": "studio.separation",
+    "separate": "studio.separation",
+    "separate_file": "studio.separation.files",
+    "stem_plan": "studio.separation.files",
+    "write_separation_manifest": "studio.separation.files",
+    "read_audio_info": "studio.separation.files",
+    "separation_scores": "studio.evaluation.separation",
+    "EMBEDDED_SEPARATORS": "studio.models.zoo",
     # adapters
     "add_adapter": "studio.adapters",
     "load_adapter": "studio.adapters",
@@ -73,6 +84,7 @@ _API: dict[str, str] = {
     "atomic_dir": "studio.io",
     "atomic_write_text": "studio.io",
     "check_work_dir": "studio.io",
+    "write_wav": "studio.io",
     # the web app (gradio is imported only by build_ui)
     "Studio": "studio.app.service",
     "build_ui": "studio.app.ui",

@@ -22,6 +22,8 @@ from studio.app.service import Studio
 from studio.app.training import TrainingStatus
 
 LOSS_COLUMNS = ["step", "loss"]
+#: Players the Separate tab has room for (drums, bass, lead: three).
+MAX_STEMS = 4
 NO_ADAPTER = ""
 #: Gradio swaps a ``gr.Progress`` default for a per-event tracker; one shared default instance is enough.
 PROGRESS = gr.Progress()
@@ -75,6 +77,33 @@ class Handlers:
 
     def __init__(self, studio: Studio):
         self.studio = studio
+
+    # ---- separation ------------------------------------------------------------------------------
+    @boundary
+    def separate(self, model, source, upload, clip, seed, progress=PROGRESS) -> list:
+        """Separate tab: a player and a spectrogram per stem (``MAX_STEMS`` each), the files, the scores, a status."""
+        source = {"upload a file": "upload", "a clip from the Music tab": "clip"}.get(source, "world")
+        seed = whole("world clip seed", seed) if source == "world" else None
+        result = self.studio.separate(
+            model or "", source, upload=upload, clip=clip, world_seed=seed, progress=_reporter(progress)
+        )
+        names = list(result.stems)[:MAX_STEMS]
+        slots = names + [None] * (MAX_STEMS - len(names))
+        players = [gr.Audio(value=str(result.stems[n]) if n else None, label=n or "", visible=bool(n)) for n in slots]
+        pictures = [gr.Image(value=result.spectrograms[n] if n else None, visible=bool(n)) for n in slots]
+        files = [str(p) for p in result.stems.values()]
+        status = f"{result.source}: {len(names)} stems in `{result.folder.name}`"
+        return [*players, *pictures, files, scores_table(result.scores, names), status]
+
+    def separator_choices(self) -> gr.Dropdown:
+        """The Separate tab's separator picker, refreshed."""
+        names = self.studio.list_separators()
+        return gr.Dropdown(choices=names, value=names[0] if names else None)
+
+    def clip_choices(self, current: str | None = None) -> gr.Dropdown:
+        """The Separate tab's picker of clips made in the Music tab, newest first (``current`` kept if listed)."""
+        clips = self.studio.music_clips()
+        return gr.Dropdown(choices=clips, value=current if current in clips else (clips[0] if clips else None))
 
     # ---- settings --------------------------------------------------------------------------------
     @boundary
@@ -285,3 +314,14 @@ class Handlers:
         title = result.report.table().splitlines()[0]
         where = result.folder.relative_to(self.studio.workdir).as_posix()
         return pd.DataFrame(result.rows()), str(result.plot), files, f"{title} · samples in `{where}/`"
+
+
+def scores_table(scores: dict[str, float] | None, stems: list[str]) -> pd.DataFrame:
+    """The Separate tab's score table: a row per stem and the mean (empty without true stems)."""
+    columns = ["stem", "SDR (v4)", "new SDR", "SI-SDR", "SI-SDRi"]
+    if scores is None:
+        return pd.DataFrame([], columns=columns)
+    metrics = ("sdr", "new_sdr", "si_sdr", "si_sdri")
+    rows = [[n, *(round(scores.get(f"{m}_{n}", math.nan), 2) for m in metrics)] for n in stems]
+    rows.append(["mean", *(round(scores.get(m, math.nan), 2) for m in metrics)])
+    return pd.DataFrame(rows, columns=columns)

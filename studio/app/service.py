@@ -51,6 +51,7 @@ from studio.app.inputs import (
 )
 from studio.app.merge import MergeActions, MergePreview  # noqa: F401 (the service's result types)
 from studio.app.models import AdapterInfo, ModelCatalog, ModelInfo
+from studio.app.separate import SeparateActions, Separation  # noqa: F401
 from studio.app.training import TrainingJob, TrainingStatus, train_argv
 from studio.app.uploads import MAX_UPLOAD_BYTES, import_pipeline_zip
 from studio.threads import available_cores
@@ -109,7 +110,7 @@ class Evaluation:
         ]
 
 
-class Studio(MergeActions):
+class Studio(MergeActions, SeparateActions):
     """Model cache, device policy and every action of the app; files go only under ``workdir``.
 
     Args:

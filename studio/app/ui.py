@@ -27,6 +27,7 @@ from studio.app.inputs import (
     MAX_MERGE,
     MAX_PER_PROMPT,
 )
+from studio.app.separate_tab import separate_tab
 from studio.app.service import Studio
 from studio.app.uploads import MAX_UPLOAD_BYTES
 
@@ -65,6 +66,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 merge_models, saved = _merge_tab(h)
             with gr.Tab("Train", id="train"):
                 trained = _train_tab(h, studio)
+            with gr.Tab("Separate", id="separate"):
+                separator, clip = separate_tab(h, HEAVY, LIGHT)
             with gr.Tab("Evaluate", id="evaluate"):
                 eval_model = _evaluate_tab(h)
             with gr.Tab("Models", id="models"):
@@ -87,6 +90,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         for event in (saved, imported):  # a new model appears in every picker
             event.success(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)
         trained.change(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)  # so does a finished run's
+        for event in (refresh.click, demo.load):  # and the Separate tab's lists
+            event(h.separator_choices, None, separator, **LIGHT)
+            event(h.clip_choices, clip, clip, **LIGHT)
     demo.queue(default_concurrency_limit=1, max_size=16)
     return demo
 

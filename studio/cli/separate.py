@@ -25,15 +25,13 @@ def add_separate(sub: argparse._SubParsersAction) -> None:
 
 
 def load_model(name: str):
-    """An embedded separator by name, or a separator folder (a converted HDemucs checkpoint too)."""
-    from studio.models.zoo import EMBEDDED_SEPARATORS, separator_dir
-    from studio.separation import load_separator
+    """The ``--model`` separator: an embedded one by name, or a separator folder."""
+    from studio.separation import open_separator
 
-    folder = separator_dir(name) if name in EMBEDDED_SEPARATORS else Path(name)
-    if not folder.is_dir():
-        known = ", ".join(sorted(EMBEDDED_SEPARATORS))
-        raise ValueError(f"--model {name!r} is neither an embedded separator ({known}) nor a folder; check the name")
-    return load_separator(folder)
+    try:
+        return open_separator(name)
+    except ValueError as err:
+        raise ValueError(f"--model: {err}") from None
 
 
 def cmd_separate(args: argparse.Namespace) -> int:

@@ -34,6 +34,21 @@ def separator_class(class_name: str | None) -> type[Separator]:
     return by_class[class_name]
 
 
+def open_separator(name: str | Path) -> Separator:
+    """A shipped separator by name (``synth-sep``) or a separator folder (a converted HDemucs checkpoint too).
+
+    Raises:
+        ValueError: for a name that is neither shipped nor a folder, and what :func:`load_separator` refuses.
+    """
+    from studio.models.zoo import EMBEDDED_SEPARATORS, separator_dir
+
+    folder = separator_dir(str(name)) if str(name) in EMBEDDED_SEPARATORS else Path(name)
+    if not folder.is_dir():
+        known = ", ".join(sorted(EMBEDDED_SEPARATORS))
+        raise ValueError(f"separator {str(name)!r} is neither an embedded separator ({known}) nor a folder")
+    return load_separator(folder)
+
+
 def load_separator(folder: str | Path) -> Separator:
     """Load a separator folder written by ``save_pretrained`` (any family), or an HDemucs checkpoint folder.
 
@@ -70,6 +85,7 @@ __all__ = [
     "fit_blend",
     "load_hdemucs_checkpoint",
     "load_separator",
+    "open_separator",
     "overlap_add",
     "save_hdemucs_checkpoint",
     "separate",

@@ -177,3 +177,7 @@ def check_segment(segment: float | None, overlap: float) -> None:
         raise ValueError(f"--segment must be from 0.1 to 60 seconds, got {segment!r}")
     if not (math.isfinite(overlap) and 0 <= overlap <= 0.9):
         raise ValueError(f"--overlap must be a fraction from 0 to 0.9, got {overlap!r}")
+
+
+#: The public name of :func:`read_info`.
+read_audio_info = read_info

@@ -18,6 +18,7 @@ if not CHROMIUM.is_file():
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser test needs playwright (pip install playwright)")
 
 from studio.app.ui import launch  # noqa: E402
+from tests.app.test_separate import tiny_separator  # noqa: E402
 
 TIMEOUT_MS = 60_000
 
@@ -37,6 +38,7 @@ def server(tmp_path_factory, model_store):
     for name in ("a", "b"):
         (workdir / "runs").mkdir(parents=True, exist_ok=True)
         (workdir / "runs" / name).symlink_to(model_store / name, target_is_directory=True)
+    tiny_separator(workdir / "runs" / "sep" / "model")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MIXSTUDIO_ASSETS", str(root / "assets"))  # only the tiny models are listed
         patch.setenv("GRADIO_TEMP_DIR", str(workdir / ".gradio"))  # launch sets it; restored afterwards
@@ -133,3 +135,22 @@ def test_a_finished_training_run_appears_in_the_pickers_without_a_reload(server,
     page.locator("#image-model input").click()
     page.get_by_role("option").filter(has_text="runs/browser-run/model").first.wait_for()
     page.keyboard.press("Escape")
+
+
+def test_upload_a_file_separate_it_and_hear_three_stems(server, page, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    _, workdir, _ = server
+    song = tmp_path / "song.wav"
+    t = np.arange(16_000) / 16_000
+    sf.write(song, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16_000)
+    page.get_by_role("tab", name="Separate").click()
+    page.locator("#separate-upload input[type=file]").set_input_files(str(song))
+    page.click("#separate-run")
+    page.locator("#separate-status", has_text="3 stems").wait_for()
+    for i in range(3):
+        page.locator(f"#separate-stem-{i}").wait_for(state="visible")
+    assert not page.locator("#separate-stem-3").is_visible()
+    assert len(list((workdir / "separations").glob("*/*.wav"))) == 4  # input.wav and three stems
+    page.screenshot(path=str(tmp_path / "separate.png"), full_page=True)

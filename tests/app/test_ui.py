@@ -40,7 +40,7 @@ def test_build_ui_has_the_tabs_and_a_bounded_queue_and_loads_nothing(studio):
     demo = build_ui(studio)
     assert isinstance(demo, gr.Blocks)
     tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
-    assert tabs == ["Image", "Music", "Merge", "Train", "Evaluate", "Models"]
+    assert tabs == ["Image", "Music", "Merge", "Train", "Separate", "Evaluate", "Models"]
     assert demo._queue.max_size == 16 and demo._queue.default_concurrency_limit == 1
     assert studio.models._cache == {}  # nothing loads until an event runs
     sliders = [b for b in demo.blocks.values() if isinstance(b, gr.Slider) and (b.elem_id or "").startswith("merge-w")]
