@@ -4,8 +4,8 @@ Usage:
     .venv/bin/python benchmarks/separation_table.py --models bsrnn=runs/separate-synth/model \\
         hdemucs=runs/separate-synth-hdemucs/model [--test 200] [--blend-fit 64] [--json out.json]
 
-- **Test set:** ``--test`` held-out ``synth`` mixtures from their own seed stream (``TEST_SEED_OFFSET`` plus the world's
-  sample seeds of ``TEST_SEED``), disjoint from training (32-bit seeds of ``data_seed``) and from validation
+- **Test set:** ``--test`` held-out ``synth`` mixtures from their own seed stream (``TEST_SEED_OFFSET`` plus the
+  world's sample seeds of ``TEST_SEED``), disjoint from training (32-bit seeds of ``data_seed``) and from validation
   (``2**32`` plus ``val_seed``'s stream).
 - **Rows:** each model given, a blend of them (per-stem least-squares weights fitted on ``--blend-fit`` validation
   mixtures, ``studio.separation.fit_blend``), the oracle ideal ratio mask (IRM1 from the true stems) and the
