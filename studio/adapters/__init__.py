@@ -1,4 +1,4 @@
-"""Adapters: LoRA, OFT, BOFT, GOFT, qGOFT, ETHER, ETHER+, DiffuseKronA and LoKr behind one merge contract.
+"""Adapters: LoRA, OFT, BOFT, GOFT, qGOFT, ETHER, ETHER+, DiffuseKronA, LoKr and dense behind one merge contract.
 
 Pick a method by name in ``METHODS``, build its config, and :func:`add_adapter` it to a model; every method
 supports a strength ``scale`` that keeps orthogonal methods orthogonal (see ``studio.adapters.base``).
@@ -29,6 +29,7 @@ from studio.adapters.registry import (
     METHODS,
     AdapterConfig,
     BOFTConfig,
+    DenseConfig,
     DiffuseKronAConfig,
     ETHERConfig,
     ETHERPlusConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "AdapterLayer",
     "AdditiveAdapter",
     "BOFTConfig",
+    "DenseConfig",
     "DiffuseKronAConfig",
     "ETHERConfig",
     "ETHERPlusConfig",
