@@ -107,12 +107,12 @@ def read_kohya(path: Path, base: BaseLayers | None) -> Adapter:
         groups.setdefault(name[len(KOHYA_PREFIX) :], {})[param] = value.float()
     parts, shapes = {}, {}
     for name, params in groups.items():
+        target = module_from_kohya(name, base, path)
         if "lora_down.weight" not in params or "lora_up.weight" not in params:
             raise ValueError(f"adapter {path.name!r}: {KOHYA_PREFIX}{name} lacks lora_down or lora_up")
         down, up = params["lora_down.weight"], params["lora_up.weight"]
         rank = down.shape[0]
         alpha = float(params["alpha"]) if "alpha" in params else float(rank)  # kohya: no alpha means alpha = rank
-        target = module_from_kohya(name, base, path)
         shape = (up.shape[0], *down.shape[1:])
         if base is not None:
             base.check_shape(path, target, shape)
