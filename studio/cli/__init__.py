@@ -1,8 +1,8 @@
 """The ``mixstudio`` command line: a thin layer over the public API.
 
-Each subcommand is one entry of :data:`COMMANDS` (its parser and its function, in ``sample.py``, ``evaluate.py``
-``models.py`` and ``adapter.py``). A subcommand checks what the user typed first (``common.py``, ``studio/checks.py``), before
-any work; a library ``ValueError`` becomes a one-line ``error: ...`` and exit code 2.
+Each subcommand is one entry of :data:`COMMANDS` (its parser and its function, in ``sample.py``, ``evaluate.py``,
+``models.py`` and ``adapter.py``). A subcommand checks what the user typed first (``common.py``,
+``studio/checks.py``), before any work; a library ``ValueError`` becomes a one-line ``error: ...`` and exit code 2.
 """
 
 from __future__ import annotations

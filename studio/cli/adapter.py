@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 #: For the help text only (building the parser imports no torch); ``studio.adapters.formats.FORMATS`` decides.
 FORMAT_NAMES = "peft, diffusers, kohya, lycoris, dense"
 
