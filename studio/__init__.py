@@ -74,6 +74,8 @@ _API: dict[str, str] = {
     "unmerge_adapters": "studio.adapters",
     "applied_adapters": "studio.adapters",
     "read_adapter_header": "studio.adapters",
+    "export_adapter": "studio.adapters",
+    "import_adapter": "studio.adapters",
     # merging
     "merge_state_dicts": "studio.merging",
     "merge_pipelines": "studio.merging",

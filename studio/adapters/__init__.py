@@ -1,10 +1,13 @@
-"""Adapters: LoRA, OFT, BOFT, GOFT, qGOFT, ETHER, ETHER+, DiffuseKronA and LoKr behind one merge contract.
+"""Adapters: LoRA, OFT, BOFT, GOFT, qGOFT, ETHER, ETHER+, DiffuseKronA, LoKr and dense behind one merge contract.
 
 Pick a method by name in ``METHODS``, build its config, and :func:`add_adapter` it to a model; every method
-supports a strength ``scale`` that keeps orthogonal methods orthogonal (see ``studio.adapters.base``).
+supports a strength ``scale`` that keeps orthogonal methods orthogonal (see ``studio.adapters.base``). Adapter files
+move to and from PEFT, diffusers, kohya/A1111/ComfyUI, LyCORIS and dense formats through ``studio.adapters.formats``
+(``export_adapter``, ``import_adapter``); ``load_adapter`` reads any of them directly.
 """
 
 from studio.adapters.base import Adapter, AdditiveAdapter, LayerShape, MultiplicativeAdapter
+from studio.adapters.formats import FORMATS, detect_format, export_adapter, import_adapter
 from studio.adapters.inject import (
     DEFAULT_TARGETS,
     adapter_layers,
@@ -22,13 +25,15 @@ from studio.adapters.inject import (
     trainable_parameters,
     unmerge_adapters,
 )
-from studio.adapters.io import applied_adapters, load_adapter, load_adapters, read_adapter_header, save_adapter
+from studio.adapters.io import read_adapter_header, save_adapter
 from studio.adapters.layer import AdapterLayer
+from studio.adapters.loading import applied_adapters, load_adapter, load_adapters
 from studio.adapters.peft_interop import export_peft_lora, export_peft_oft, import_peft_lora
 from studio.adapters.registry import (
     METHODS,
     AdapterConfig,
     BOFTConfig,
+    DenseConfig,
     DiffuseKronAConfig,
     ETHERConfig,
     ETHERPlusConfig,
@@ -44,12 +49,14 @@ from studio.adapters.registry import (
 
 __all__ = [
     "DEFAULT_TARGETS",
+    "FORMATS",
     "METHODS",
     "Adapter",
     "AdapterConfig",
     "AdapterLayer",
     "AdditiveAdapter",
     "BOFTConfig",
+    "DenseConfig",
     "DiffuseKronAConfig",
     "ETHERConfig",
     "ETHERPlusConfig",
@@ -70,10 +77,13 @@ __all__ = [
     "config_from_options",
     "config_to_dict",
     "delete_adapter",
+    "detect_format",
     "disable_adapters",
     "enable_adapters",
+    "export_adapter",
     "export_peft_lora",
     "export_peft_oft",
+    "import_adapter",
     "import_peft_lora",
     "layers_with",
     "load_adapter",

@@ -1,23 +1,23 @@
-"""Save one named adapter as a single ``.safetensors`` file, and load it back into a model.
+"""Save one named adapter as a single ``.safetensors`` file, read it, and apply it to a model.
 
 The file's metadata holds one JSON header under the key ``"studio_adapter"``::
 
     {"format": 1, "name": "style", "method": "oft", "config": {...}, "targets": ["attn.to_q", ...],
-     "base_model_id": "runwayml/stable-diffusion-v1-5", "library_version": "0.1.0", "scale": 1.0}
+     "base_model_id": "runwayml/stable-diffusion-v1-5", "library_version": "0.1.0", "scale": 1.0,
+     "layer_shapes": {"attn.to_q": [320, 320], ...}}
 
 Tensors are keyed ``"<layer name>.<param name>"`` (:func:`~studio.adapters.inject.adapter_state_dict`).
-``scale`` is a number, or ``{layer name: number}`` when layers differ. Loading reads safetensors only; nothing is
-ever unpickled.
+``scale`` is a number, or ``{layer name: number}`` when layers differ. ``layer_shapes`` (the wrapped layers' weight
+shapes; files written before it existed lack it) lets ``studio.adapters.formats`` export an additive adapter without
+loading its base model. Reading is safetensors only; nothing is ever unpickled. Loading a file of any supported format
+(``load_adapter``) lives in ``loading.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import re
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from studio.adapters.base import layer_shape
-from studio.adapters.inject import adapter_state_dict, add_adapter, delete_adapter, layers_with, set_adapter_scale
+from studio.adapters.inject import adapter_state_dict, add_adapter, layers_with
 from studio.adapters.layer import AdapterLayer
 from studio.adapters.registry import AdapterConfig, adapter_class, config_from_dict, config_to_dict
 from studio.guards import check_finite
@@ -72,6 +72,7 @@ def save_adapter(model: nn.Module, name: str, path: str | Path, *, base_model_id
         "base_model_id": base_model_id,
         "library_version": _library_version(),
         "scale": next(iter(scales.values())) if len(set(scales.values())) == 1 else scales,
+        "layer_shapes": {module_name: list(layer.base_layer.weight.shape) for module_name, layer in layers.items()},
     }
     tensors = {key: value.contiguous() for key, value in adapter_state_dict(model, name).items()}
     check_finite(tensors, f"adapter {name!r}", "its training diverged; nothing was saved (lower the learning rate)")
@@ -97,7 +98,7 @@ def read_adapter_header(path: str | Path) -> dict[str, Any]:
     if HEADER_KEY not in metadata:
         raise ValueError(
             f"adapter file {str(path)!r} has no {HEADER_KEY!r} header; it was not written by save_adapter "
-            "(for PEFT folders use studio.adapters.import_peft_lora)"
+            "(files of other formats: studio.adapters.import_adapter)"
         )
     try:
         header = json.loads(metadata[HEADER_KEY])
@@ -152,33 +153,55 @@ def _check_targets(path: Path, model: nn.Module, targets: list[str], config: Ada
                 )
 
 
-def load_adapter(
-    model: nn.Module, path: str | Path, name: str | None = None, base_model_id: str | None = None
+def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The header and tensors of a file written by :func:`save_adapter` (checked as in :func:`read_adapter_header`)."""
+    header = read_adapter_header(path)
+    try:
+        tensors = safetensors.torch.load_file(str(path))
+    except Exception as err:  # a header that reads but tensor data cut short
+        raise ValueError(f"adapter file {str(path)!r} is not a readable safetensors file ({err})") from None
+    return header, tensors
+
+
+def write_adapter(path: str | Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``header`` and ``tensors`` as an adapter file, atomically (what :func:`save_adapter` writes)."""
+    path = Path(path)
+    tensors = {key: value.contiguous() for key, value in tensors.items()}
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={HEADER_KEY: json.dumps(header)}))
+    return path
+
+
+def apply_adapter(
+    model: nn.Module,
+    path: Path,
+    header: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    name: str | None = None,
+    base_model_id: str | None = None,
 ) -> list[str]:
-    """Inject the adapter saved at ``path`` into ``model`` and load its tensors and strength.
+    """Inject the adapter described by ``header`` and ``tensors`` (as :func:`save_adapter` writes them) into ``model``.
 
     Args:
         model: the base model (modified in place).
-        path: a file written by :func:`save_adapter`.
-        name: the adapter name in ``model``; default: the saved name.
-        base_model_id: if given and the file names a different base model, refuse.
+        path: where the adapter came from, for messages.
+        header: the adapter's header (method, config, targets, scale, base model id).
+        tensors: ``"<target>.<param>"`` tensors.
+        name: the adapter name in ``model``; default: the header's name.
+        base_model_id: if given and the header names a different base model, refuse.
 
     Returns:
         The wrapped module names.
 
     Raises:
-        ValueError: for a mismatched base model id, missing target modules or shape mismatches; the model is not
-            modified in those cases.
+        ValueError: for a mismatched base model id, non-finite tensors, missing target modules or shape mismatches;
+            the model is not modified in those cases.
     """
-    path = Path(path)
-    header = read_adapter_header(path)
     _check_base_model(path, header.get("base_model_id"), base_model_id)
     try:
         config = config_from_dict(header["method"], header["config"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"adapter file {str(path)!r}: {err}") from None
     targets = list(header["targets"])
-    tensors = safetensors.torch.load_file(str(path))
     check_finite(tensors, f"adapter file {str(path)!r}", "it was saved from a diverged run; retrain it")
     _check_targets(path, model, targets, config, tensors)
     name = header["name"] if name is None else name
@@ -192,48 +215,3 @@ def load_adapter(
                 value.copy_(tensors[f"{module_name}.{key}"])
             layer.set_scale(name, scale[module_name] if isinstance(scale, dict) else scale)
     return wrapped
-
-
-def load_adapters(
-    unet: nn.Module, adapters: Sequence[tuple[str | Path, float]], *, base_model_id: str | None = None
-) -> list[str]:
-    """Load each file as adapter ``merge-<i>`` at its strength; on any error remove those loaded and re-raise."""
-    names: list[str] = []
-    try:
-        for i, (path, strength) in enumerate(adapters):
-            if not math.isfinite(strength):
-                raise ValueError(f"adapter strength must be a finite number, got {strength} for {Path(path).name!r}")
-            name = f"merge-{i}"
-            load_adapter(unet, path, name=name, base_model_id=base_model_id)
-            names.append(name)
-            set_adapter_scale(unet, name, float(strength))
-    except BaseException:
-        for name in reversed(names):
-            delete_adapter(unet, name)
-        raise
-    return names
-
-
-@contextlib.contextmanager
-def applied_adapters(
-    unet: nn.Module, adapters: Sequence[tuple[str | Path, float]], *, base_model_id: str | None = None
-) -> Iterator[list[str]]:
-    """Context: the adapter files on ``unet``, file ``i`` at strength ``w_i``; removed again on exit.
-
-    Args:
-        unet: the model (modified inside the context only, also when the body raises).
-        adapters: ``(adapter file, strength)`` pairs; an empty list leaves ``unet`` as it is.
-        base_model_id: refuse files saved for another base model (:func:`load_adapter`'s check).
-
-    Yields:
-        The adapter names used on ``unet``.
-
-    Raises:
-        ValueError: for a file that does not fit ``unet`` or a non-finite strength (nothing stays applied).
-    """
-    names = load_adapters(unet, adapters, base_model_id=base_model_id)
-    try:
-        yield names
-    finally:
-        for name in reversed(names):
-            delete_adapter(unet, name)

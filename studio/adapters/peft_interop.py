@@ -12,8 +12,9 @@ Conventions checked against peft 0.21.2 (``peft/tuners/{lora,oft}/layer.py``) an
   ``neumann_terms = T - 1`` (only ``T >= 4`` has that form). Strength and the COFT projection are baked into the
   exported ``Q`` (exported with ``coft=False``). On k×k convs PEFT 0.21.2 rotates unfolded patches and folds them
   back by summation, which is not the identity at init and differs from its own merge; we refuse those layers.
-* Other methods are not exported: BOFT's CPU path in PEFT silently drops to one butterfly factor and uses another
-  permutation; ETHER/GOFT do not exist in PEFT; LoKr's conventions coincide (see tests) but no exporter is written.
+* BOFT with one butterfly factor and LoKr coincide too; ``studio.adapters.formats.peft`` writes and reads them
+  (with LoRA and OFT) from adapter files. BOFT with more factors does not: PEFT's CPU path silently drops to one
+  factor and uses another permutation. ETHER and GOFT do not exist in PEFT.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ def export_peft_lora(
     Returns:
         The folder path.
     """
+    return _write_folder(folder, *peft_lora_files(model, name, base_model_name_or_path))
+
+
+def peft_lora_files(
+    model: nn.Module, name: str, base_model_name_or_path: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The ``adapter_config.json`` contents and tensors of LoRA adapter ``name`` (see :func:`export_peft_lora`)."""
     layers = _method_layers(model, name, "lora")
     scale = _uniform_scale(layers, name)
     config: LoRAConfig = next(iter(layers.values())).adapters[name].config
@@ -99,7 +107,7 @@ def export_peft_lora(
         "init_lora_weights": True,
         "inference_mode": True,
     }
-    return _write_folder(folder, peft_config, tensors)
+    return peft_config, tensors
 
 
 def _read_peft_folder(folder: Path, peft_type: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -174,6 +182,13 @@ def export_peft_oft(
     Raises:
         ValueError: for k×k conv layers (PEFT's conv OFT differs, see module docstring) or ``neumann_terms < 3``.
     """
+    return _write_folder(folder, *peft_oft_files(model, name, base_model_name_or_path))
+
+
+def peft_oft_files(
+    model: nn.Module, name: str, base_model_name_or_path: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The ``adapter_config.json`` contents and tensors of OFT adapter ``name`` (see :func:`export_peft_oft`)."""
     layers = _method_layers(model, name, "oft")
     scale = _uniform_scale(layers, name)
     config = next(iter(layers.values())).adapters[name].config
@@ -215,4 +230,4 @@ def export_peft_oft(
         "num_cayley_neumann_terms": config.neumann_terms + 1,
         "inference_mode": True,
     }
-    return _write_folder(folder, peft_config, tensors)
+    return peft_config, tensors

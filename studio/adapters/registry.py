@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from studio.adapters.boft import BOFTAdapter, BOFTConfig
+from studio.adapters.dense import DenseAdapter, DenseConfig
 from studio.adapters.ether import ETHERAdapter, ETHERConfig, ETHERPlusAdapter, ETHERPlusConfig
 from studio.adapters.givens import GOFTAdapter, GOFTConfig, QGOFTAdapter, QGOFTConfig
 from studio.adapters.kron import DiffuseKronAAdapter, DiffuseKronAConfig, LoKrAdapter, LoKrConfig
@@ -27,6 +28,7 @@ AdapterConfig = (
     | ETHERPlusConfig
     | DiffuseKronAConfig
     | LoKrConfig
+    | DenseConfig
 )
 
 METHODS: dict[str, tuple[type, type]] = {
@@ -39,6 +41,7 @@ METHODS: dict[str, tuple[type, type]] = {
     "etherplus": (ETHERPlusConfig, ETHERPlusAdapter),
     "diffusekrona": (DiffuseKronAConfig, DiffuseKronAAdapter),
     "lokr": (LoKrConfig, LoKrAdapter),
+    "dense": (DenseConfig, DenseAdapter),
 }
 
 

@@ -1,8 +1,8 @@
 """The ``mixstudio`` command line: a thin layer over the public API.
 
-Each subcommand is one entry of :data:`COMMANDS` (its parser and its function, in ``sample.py``, ``evaluate.py``
-and ``models.py``). A subcommand checks what the user typed first (``common.py``, ``studio/checks.py``), before
-any work; a library ``ValueError`` becomes a one-line ``error: ...`` and exit code 2.
+Each subcommand is one entry of :data:`COMMANDS` (its parser and its function, in ``sample.py``, ``evaluate.py``,
+``models.py`` and ``adapter.py``). A subcommand checks what the user typed first (``common.py``,
+``studio/checks.py``), before any work; a library ``ValueError`` becomes a one-line ``error: ...`` and exit code 2.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from studio.cli import evaluate, models, sample, separate
+from studio.cli import adapter, evaluate, models, sample, separate
 
 logger = logging.getLogger("studio")
 
@@ -37,6 +37,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command(models.add_train, models.cmd_train),
     "merge": Command(models.add_merge, models.cmd_merge),
     "serve": Command(models.add_serve, models.cmd_serve),
+    "adapter": Command(adapter.add_adapter_command, adapter.cmd_adapter),
 }
 
 

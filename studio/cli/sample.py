@@ -85,8 +85,21 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     add_sampler(gen)
     gen.add_argument("--length", type=float, default=None, help="music clip length in seconds")
     gen.add_argument("--world", default=None, help="world whose judges score the output (default: the model's)")
-    gen.add_argument("--adapter", type=Path, default=None, help="adapter file to apply (RUN_DIR/adapter.safetensors)")
-    gen.add_argument("--adapter-scale", type=float, default=1.0, help="adapter strength (1 = as trained)")
+    gen.add_argument(
+        "--adapter",
+        type=Path,
+        action="append",
+        default=[],
+        help="adapter to apply (repeatable): RUN_DIR/adapter.safetensors, or a PEFT/diffusers folder or a diffusers, "
+        "kohya/A1111, LyCORIS or dense .safetensors file (see `mixstudio adapter`)",
+    )
+    gen.add_argument(
+        "--adapter-scale",
+        type=float,
+        action="append",
+        default=[],
+        help="adapter strength (1 = as trained): one for every --adapter, or one per --adapter in order",
+    )
     add_out(gen, "output folder (replaced atomically)")
 
 
@@ -100,9 +113,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_sampling_flags(args)
     if args.length is not None:
         check_number("--length", args.length, 0.001, 600)
-    if args.adapter is not None and not args.adapter.is_file():
-        raise ValueError(f"--adapter {str(args.adapter)!r} is not a file; pass RUN_DIR/adapter.safetensors")
-    check_number("--adapter-scale", args.adapter_scale, -MAX_ADAPTER_SCALE, MAX_ADAPTER_SCALE)
+    adapters = adapter_flags(args.adapter, args.adapter_scale)
     if args.negative_prompt is not None and len(args.negative_prompt) > MAX_PROMPT_CHARS:
         raise ValueError(
             f"--negative-prompt has {len(args.negative_prompt)} characters; the limit is {MAX_PROMPT_CHARS}"
@@ -135,7 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             guidance_interval=tuple(args.guidance_interval),
             seed=args.seed,
             audio_length_in_s=args.length,
-            adapters=[(args.adapter, args.adapter_scale)] if args.adapter is not None else [],
+            adapters=adapters,
             progress=bar,
             attention=args.attention,
             name=model,
@@ -191,3 +202,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(report.table())
     print(f"wrote {args.out}/sweep.md, sweep.json, sweep.png and one folder per guidance scale")
     return 0
+
+
+def adapter_flags(paths: list[Path], scales: list[float]) -> list[tuple[Path, float]]:
+    """``(adapter, strength)`` pairs from repeated ``--adapter`` and ``--adapter-scale`` flags, checked.
+
+    Raises:
+        ValueError: for a path that is neither a file nor a folder, a strength out of range, or a count of
+            strengths that is neither one nor one per adapter.
+    """
+    from studio.adapters import detect_format
+    from studio.checks import check_number
+
+    for path in paths:
+        if not path.is_file() and not path.is_dir():
+            raise ValueError(
+                f"--adapter {str(path)!r} is not a file or an adapter folder; pass RUN_DIR/adapter.safetensors"
+            )
+        detect_format(path)  # an unreadable file or one of no known format fails now, before the model loads
+    for scale in scales:
+        check_number("--adapter-scale", scale, -MAX_ADAPTER_SCALE, MAX_ADAPTER_SCALE)
+    if len(scales) > 1 and len(scales) != len(paths):
+        raise ValueError(f"got {len(scales)} --adapter-scale values for {len(paths)} --adapter; give one or one each")
+    strengths = scales if len(scales) > 1 else [scales[0] if scales else 1.0] * len(paths)
+    return list(zip(paths, strengths, strict=True))

@@ -11,6 +11,7 @@ from torch import nn
 
 from studio.adapters import (
     BOFTConfig,
+    DenseConfig,
     DiffuseKronAConfig,
     ETHERConfig,
     ETHERPlusConfig,
@@ -48,8 +49,9 @@ CONFIGS = {
     "etherplus": ETHERPlusConfig(num_blocks=2, two_sided=True),
     "diffusekrona": DiffuseKronAConfig(a1=2, a2=4),
     "lokr": LoKrConfig(rank=2, alpha=4.0),
+    "dense": DenseConfig(),
 }
-ADDITIVE = ("lora", "diffusekrona", "lokr")
+ADDITIVE = ("lora", "diffusekrona", "lokr", "dense")
 ROTATIONS = ("oft", "boft", "goft")  # exactly orthogonal R(s) for every s
 
 

@@ -20,7 +20,18 @@ from studio.adapters.registry import adapter_class
 
 
 def test_methods_table_maps_names_to_config_and_adapter_classes():
-    assert list(METHODS) == ["lora", "oft", "boft", "goft", "qgoft", "ether", "etherplus", "diffusekrona", "lokr"]
+    assert list(METHODS) == [
+        "lora",
+        "oft",
+        "boft",
+        "goft",
+        "qgoft",
+        "ether",
+        "etherplus",
+        "diffusekrona",
+        "lokr",
+        "dense",
+    ]
     for name, (config_cls, adapter_cls) in METHODS.items():
         assert config_cls.method == name
         assert adapter_cls.__name__.endswith("Adapter")

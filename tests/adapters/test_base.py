@@ -116,6 +116,7 @@ def expected_parameter_count(method, kind, d_in, d_out):
         "etherplus": 2 * d_in + 2 * d_out,
         "diffusekrona": 2 * 4 + (d_out // 2) * (d_in // 4),
         "lokr": LOKR_PARAMS[kind],
+        "dense": d_out * d_in,
     }[method]
 
 

@@ -13,7 +13,7 @@ import safetensors.torch
 import soundfile as sf
 import torch
 
-from studio.adapters import DEFAULT_TARGETS, LoRAConfig, add_adapter, save_adapter
+from studio.adapters import DEFAULT_TARGETS, LoRAConfig, OFTConfig, add_adapter, delete_adapter, save_adapter
 from studio.io import write_png
 from studio.pipelines import load_pipeline
 
@@ -60,6 +60,12 @@ def bad(tmp_path_factory, tiny_shapes_folder):
     pipe = load_pipeline(tiny_shapes_folder)
     add_adapter(pipe.unet, "x", LoRAConfig(rank=2), DEFAULT_TARGETS, generator=torch.Generator().manual_seed(0))
     paths["adapter"] = save_adapter(pipe.unet, "x", root / "lora.safetensors", base_model_id=str(tiny_shapes_folder))
+    delete_adapter(pipe.unet, "x")
+    add_adapter(pipe.unet, "o", OFTConfig(block_size=4), DEFAULT_TARGETS)
+    paths["oft-adapter"] = save_adapter(
+        pipe.unet, "o", root / "oft.safetensors", base_model_id=str(tiny_shapes_folder)
+    )
+    delete_adapter(pipe.unet, "o")
     tensors = safetensors.torch.load_file(paths["adapter"])
     header = json.loads(safetensors.safe_open(str(paths["adapter"]), "pt").metadata()["studio_adapter"])
     nan = {k: torch.full_like(v, float("nan")) for k, v in tensors.items()}
