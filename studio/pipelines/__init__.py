@@ -8,7 +8,14 @@ from typing import Any, Literal
 import torch
 
 from studio.models.zoo import EMBEDDED, model_dir
-from studio.pipelines.base import SCHEDULERS, StudioDiffusionPipeline, class_name, make_scheduler, read_index
+from studio.pipelines.base import (
+    SCHEDULERS,
+    RefusedFolder,
+    StudioDiffusionPipeline,
+    class_name,
+    make_scheduler,
+    read_index,
+)
 from studio.pipelines.image import StudioImagePipeline
 from studio.pipelines.music import MusicPipelineOutput, StudioMusicPipeline
 
@@ -69,6 +76,8 @@ def load_pipeline(
     kwargs: dict[str, Any] = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         pipe = cls.from_pretrained(source, **kwargs)
+    except RefusedFolder:
+        raise
     except (OSError, ValueError, TypeError, KeyError) as err:
         if not Path(source).exists():  # a hub id: diffusers' message is about the network and its own stack trace
             reason = "no such folder, and not in the local Hugging Face cache"

@@ -35,12 +35,17 @@ MAX_BATCH = 64
 SHIM_MODULE = "pipeline"
 
 
+class RefusedFolder(ValueError):
+    """A pipeline folder this studio will not load (and says why): SDXL, or pipeline code of its own."""
+
+
 def shim_source(cls: type) -> str:
     """The ``pipeline.py`` saved beside a studio pipeline: one import, nothing else (mixstudio checks it is exactly
     this before it lets diffusers import it)."""
     return (
-        f'"""Lets diffusers load this folder: DiffusionPipeline.from_pretrained(folder, trust_remote_code=True), with '
-        f'mixstudio installed."""\n\nfrom {cls.__module__} import {cls.__name__}  # noqa: F401\n'
+        '"""Lets diffusers load this folder where mixstudio is installed:\n'
+        'DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)."""\n\n'
+        f"from {cls.__module__} import {cls.__name__}  # noqa: F401\n"
     )
 
 
@@ -148,14 +153,14 @@ class StudioDiffusionPipeline(DiffusionPipeline):
         if index is not None:
             name = class_name(index)
             if name.startswith("StableDiffusionXL") or "text_encoder_2" in index:
-                raise ValueError(
+                raise RefusedFolder(
                     f"{str(folder)!r} is an SDXL pipeline ({name}); its second text encoder and size conditioning "
                     "are not supported yet, so it is refused rather than sampled wrongly; use an SD 1.x/2.x model"
                 )
             if isinstance(index.get("_class_name"), (list, tuple)):
                 shim = folder / f"{SHIM_MODULE}.py"
                 if not shim.is_file() or shim.read_text() != shim_source(cls):
-                    raise ValueError(
+                    raise RefusedFolder(
                         f"{str(folder)!r} carries pipeline code of its own ({shim.name}) or names another class "
                         f"than {cls.__name__}; mixstudio does not run it (load it with diffusers if you trust it)"
                     )

@@ -1,3 +1,4 @@
-"""Lets diffusers load this folder: DiffusionPipeline.from_pretrained(folder, trust_remote_code=True), with mixstudio installed."""
+"""Lets diffusers load this folder where mixstudio is installed:
+DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)."""
 
 from studio.pipelines.image import StudioImagePipeline  # noqa: F401
