@@ -10,6 +10,7 @@ from studio.pipelines import load_pipeline
 from studio.recipes import get_recipe
 from studio.trainers.base import sample_generator
 from studio.trainers.reward_finetune import RewardFinetuneConfig, RewardFinetuneTrainer
+from studio.trainers.rewards import JudgeEmbedder
 from studio.worlds import sample_seed
 
 
@@ -151,7 +152,7 @@ def test_the_diversity_reward_is_one_minus_cos_of_two_rollouts_of_each_caption(t
     x_T = torch.stack([torch.randn(trainer.sample_shape(), generator=g) for g in gens for _ in range(2)])
     with torch.no_grad():
         predict = trainer.guided_predictor(embeds.repeat_interleave(2, 0), mask.repeat_interleave(2, 0))
-        embedding = trainer.scorer(trainer.sampler.sample(predict, x_T))
+        embedding = JudgeEmbedder(trainer.pipe, "shapes", "reward")(trainer.sampler.sample(predict, x_T))
     first, second = F.normalize(embedding[0::2], dim=-1), F.normalize(embedding[1::2], dim=-1)
     diversity = (1 - (first * second).sum(-1)).mean()
     assert diversity > 0.01  # the two rollouts of a caption differ
