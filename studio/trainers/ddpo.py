@@ -423,16 +423,17 @@ class DDPOTrainer(StudentTrainer):
         trained = "every UNet weight" if not self.uses_adapter else f"an adapter ({cfg.adapter})"
         return f"""# `{cfg.base}` finetuned by DDPO on the {cfg.reward} reward
 
-PPO (clip ε={cfg.clip_range:g}, {cfg.inner_epochs} inner epoch(s), {cfg.trained_steps} of {cfg.sample_steps - 1}
-policy steps per update) on rounds of {cfg.batch_size} trajectories ({cfg.samples_per_prompt} per caption) of
-{cfg.sample_steps}-step DDIM with η={cfg.eta:g}, guided at w={cfg.guidance_scale:g}{refined}; advantages
-normalised per caption (buffer {cfg.stat_buffer_size}, min count {cfg.stat_min_count}). Trained: {trained}.
+PPO (clip ε={cfg.clip_range:g}, {cfg.inner_epochs} update(s) per round, each on {cfg.trained_steps} of the
+{cfg.sample_steps - 1} policy steps) on rounds of {cfg.batch_size} trajectories ({cfg.samples_per_prompt} per
+caption) of {cfg.sample_steps}-step DDIM with η={cfg.eta:g}, guided at w={cfg.guidance_scale:g}{refined};
+advantages normalised per caption (buffer {cfg.stat_buffer_size}, min count {cfg.stat_min_count}). Trained:
+{trained}.
 
 - Made by: `{self.command or "mixstudio train ddpo-" + str(cfg.world)}`
 - Rounds: {metrics["steps"]} ({metrics["steps"] * cfg.batch_size} reward queries; lr {cfg.lr}, seed {cfg.seed})
 - Wall time: {metrics["train_minutes"]:.1f} min on {hardware}
-- Eval-judge adherence of the final sample grid ({cfg.sample_prompts} held-out prompts x 2, 25 DDIM steps,
-  w={cfg.guidance_scale:g}): {metrics.get("sample_adherence", float("nan")):.3f}
+- Eval-judge adherence of the final sample grid ({cfg.sample_prompts} held-out prompts x 2, {cfg.grid_steps} DDIM
+  steps, w={cfg.guidance_scale:g}): {metrics.get("sample_adherence", float("nan")):.3f}
 
 See `docs/REWARD_FINETUNE.md` for DDPO beside reward backpropagation.
 """
