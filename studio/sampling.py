@@ -115,7 +115,7 @@ def ddim_step_with_logprob(
 ) -> StepLogProb:
     """A stochastic DDIM step as a Gaussian policy ``π(x_prev | x_t)``: a draw (or a given one) and its log-density.
 
-    DDPO (Black, Janner et al. 2023, "Training Diffusion Models with Reinforcement Learning", §4.2) treats each
+    DDPO (Black, Janner et al. 2023, "Training Diffusion Models with Reinforcement Learning") treats each
     denoising step as an action of a Gaussian policy. With η > 0 the DDIM step (Song et al. 2021, eq. 12 and 16) is
     the Gaussian ``N(μ_θ(x_t, t), σ_t² I)``::
 

@@ -11,7 +11,7 @@ the reward ``r(x_0, c)`` comes at the end; the reward needs no gradient. One rou
 2. Score the final samples with the reward: one reward query per trajectory.
 3. Normalise the rewards per prompt (:class:`studio.trainers.stat_tracker.PerPromptStatTracker`), pooled over
    every process's rewards, and clip the advantages to ``±advantage_clip``.
-4. ``inner_epochs`` PPO updates (the paper's DDPO_IS with PPO's clip, eq. 4 and §4.3)::
+4. ``inner_epochs`` PPO updates (the paper's importance-sampled estimator, DDPO_IS, with PPO's clip)::
 
        L(θ) = 1/|S| Σ_{t ∈ S} mean_i max(−A_i ρ_{i,t}, −A_i clip(ρ_{i,t}, 1 − ε, 1 + ε)),
        ρ_{i,t} = π_θ(x_{t−1} | x_t, c_i) / π_old(x_{t−1} | x_t, c_i)

@@ -1,6 +1,6 @@
 """Per-prompt advantage normalisation for policy-gradient trainers (DDPO's stat tracker).
 
-DDPO (Black, Janner et al. 2023, §5 and Appendix) normalises each reward by the statistics of the rewards of its own
+DDPO (Black, Janner et al. 2023) normalises each reward by the statistics of the rewards of its own
 prompt, so that a prompt that is easy (every sample scores high) and one that is hard are both pushed towards
 their better samples; the authors' code keeps a buffer of each prompt's recent rewards
 (kvablack/ddpo-pytorch, ``stat_tracking.py``; TRL's ``PerPromptStatTracker``). This is the same rule, with its
