@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             trajectory = []
             with torch.no_grad():
-                hits.append(trainer.reward(samples, embeds, mask, gens, trajectory)[1].mean().item())
+                scores, _ = trainer.reward(samples, embeds, mask, gens, trajectory)
+                hits.append(scores.logged["reward_judge_hits"].mean().item())
                 per_step = []
                 for x, t in zip(trajectory, trainer.sampler.timesteps):
                     x, t = torch.cat([x, x]), t.expand(2 * len(x))

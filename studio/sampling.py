@@ -3,9 +3,9 @@
 Pipelines sample with diffusers schedulers; trainers need the same steps as pure tensor functions:
 to roll out the student's own trajectories (on-policy distillation states), to backpropagate a
 reward through the last steps of a trajectory (truncated backprop, AlignProp/DRaFT style), and to
-score a stochastic step's log-probability (REINFORCE/DDPO style). ``ddim_step`` with ``eta=0``
-reproduces ``diffusers.DDIMScheduler.step`` (tested), so what a trainer optimises is what the
-pipeline samples.
+score a stochastic step's log-probability (REINFORCE; DDPO's :func:`ddim_step_with_logprob`).
+``ddim_step`` with ``eta=0`` reproduces ``diffusers.DDIMScheduler.step`` (tested), so what a trainer
+optimises is what the pipeline samples.
 
 DDIM (Song et al. 2021, eq. 12), with ``ᾱ`` the cumulative alpha at the current and previous timestep::
 
@@ -16,6 +16,7 @@ DDIM (Song et al. 2021, eq. 12), with ``ᾱ`` the cumulative alpha at the curren
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,6 +89,76 @@ def ddim_step(
     std = eta * variance.clamp_min(0).sqrt()
     mean = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev - std**2).clamp_min(0).sqrt() * eps
     return StepResult(mean=mean, std=std.expand_as(mean), x0=x0)
+
+
+@dataclass
+class StepLogProb:
+    """One stochastic DDIM step with its log-probability (see :func:`ddim_step_with_logprob`)."""
+
+    prev_sample: torch.Tensor
+    log_prob: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def ddim_step_with_logprob(
+    output: torch.Tensor,
+    x_t: torch.Tensor,
+    alpha_bar_t: torch.Tensor,
+    alpha_bar_prev: torch.Tensor,
+    prediction_type: str,
+    eta: float,
+    clip_x0: float | None = None,
+    *,
+    noise: torch.Tensor | None = None,
+    prev_sample: torch.Tensor | None = None,
+) -> StepLogProb:
+    """A stochastic DDIM step as a Gaussian policy ``π(x_prev | x_t)``: a draw (or a given one) and its log-density.
+
+    DDPO (Black, Janner et al. 2023, "Training Diffusion Models with Reinforcement Learning") treats each
+    denoising step as an action of a Gaussian policy. With η > 0 the DDIM step (Song et al. 2021, eq. 12 and 16) is
+    the Gaussian ``N(μ_θ(x_t, t), σ_t² I)``::
+
+        x0 = (x_t − √(1−ᾱ_t)·ε_θ) / √ᾱ_t                                  (clamped to ±clip_x0 if given)
+        σ_t = η · √((1−ᾱ_prev)/(1−ᾱ_t)) · √(1 − ᾱ_t/ᾱ_prev)
+        μ_θ = √ᾱ_prev · x0 + √(1−ᾱ_prev−σ_t²) · ε_θ
+        log π(x_prev | x_t) = 1/D · Σ_d [ −(x_prev,d − μ_θ,d)² / (2σ_t²) − log σ_t − ½ log 2π ]
+
+    The log-density is averaged over the ``D`` dimensions of a sample, not summed, as in the authors' code
+    (kvablack/ddpo-pytorch, ``ddim_with_logprob.py``): the PPO clip range of 1e-4 in the paper is a range of
+    ``exp`` of this per-dimension mean. ``x_prev`` enters detached, so the gradient flows through ``μ_θ`` alone.
+
+    Example: with ``ᾱ_t = 0.5``, ``ᾱ_prev = 0.8`` and η = 1, ``σ_t² = (0.2/0.5)·(1 − 0.625) = 0.15``; a draw at
+    the mean has log-probability ``−log √0.15 − ½ log 2π ≈ 0.0296`` per dimension.
+
+    Args:
+        output: model output ``(B, C, H, W)`` (ε or v, per ``prediction_type``).
+        x_t: the current sample ``(B, C, H, W)``.
+        alpha_bar_t, alpha_bar_prev: ``(B, 1, 1, 1)`` cumulative alphas; ``alpha_bar_prev < 1`` (σ_t > 0).
+        prediction_type: ``epsilon`` or ``v_prediction``.
+        eta: the noise scale η > 0 (1: DDPM's posterior variance).
+        clip_x0: clamp of the predicted ``x0`` (None: none).
+        noise: ``(B, C, H, W)`` standard normal draw of ``x_prev = μ + σ·noise`` (when ``prev_sample`` is None).
+        prev_sample: an ``x_prev`` to score instead (a stored action, re-scored under the current policy).
+
+    Returns:
+        :class:`StepLogProb`: ``prev_sample`` ``(B, C, H, W)``, ``log_prob`` ``(B,)``, the ``mean`` and ``std``.
+
+    Raises:
+        ValueError: for η ≤ 0, a step with σ_t = 0, or neither/both of ``noise`` and ``prev_sample``.
+    """
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0 for a step to have a log-probability, got {eta}")
+    if (noise is None) == (prev_sample is None):
+        raise ValueError("pass exactly one of noise (to draw x_prev) and prev_sample (to score a given one)")
+    step = ddim_step(output, x_t, alpha_bar_t, alpha_bar_prev, prediction_type, eta, clip_x0)
+    if not bool((step.std > 0).all()):
+        raise ValueError("this step has σ_t = 0 (ᾱ_prev = 1: the last step to x0), so it has no log-probability")
+    if prev_sample is None:
+        prev_sample = step.mean + step.std * noise
+    var = step.std**2
+    log_p = -((prev_sample.detach() - step.mean) ** 2) / (2 * var) - step.std.log() - 0.5 * math.log(2 * math.pi)
+    return StepLogProb(prev_sample=prev_sample, log_prob=log_p.flatten(1).mean(1), mean=step.mean, std=step.std)
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

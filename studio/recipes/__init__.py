@@ -11,6 +11,7 @@ from studio.judges.train import JudgeTrainConfig
 from studio.trainers.autoencoder import AutoencoderConfig, AutoencoderTrainer
 from studio.trainers.base import Trainer
 from studio.trainers.cfg_distill import CFGDistillConfig, CFGDistillTrainer
+from studio.trainers.ddpo import DDPOConfig, DDPOTrainer
 from studio.trainers.finetune import FinetuneConfig, FinetuneTrainer
 from studio.trainers.musicgen_distill import MusicgenDistillConfig, MusicgenDistillTrainer
 from studio.trainers.pretrain import PretrainConfig, PretrainTrainer
@@ -26,6 +27,7 @@ TRAINERS: dict[type, type[Trainer]] = {
     MusicgenDistillConfig: MusicgenDistillTrainer,
     RewardFinetuneConfig: RewardFinetuneTrainer,
     SeparateConfig: SeparateTrainer,
+    DDPOConfig: DDPOTrainer,
 }
 
 
@@ -293,6 +295,47 @@ def reward_shapes() -> RewardFinetuneConfig:
     )
 
 
+#: What a DDPO recipe takes from its reward-backprop recipe: the same model, captions, reward, sampler and guidance,
+#: the same rollouts per step (so ``reward_queries`` advance alike), optimiser schedule, budget and grids.
+SHARED_WITH_REWARD = (
+    "base", "world", "data_seed", "guidance_scale", "guidance_rescale", "guidance_interval", "sample_steps",
+    "reward", "attributes", "batch_size", "lr", "lr_warmup_steps", "max_steps", "max_minutes", "checkpoint_every",
+    "sample_every", "sample_prompts",
+)  # fmt: skip
+
+
+def _shared_with(recipe: RewardFinetuneConfig) -> dict[str, Any]:
+    return {name: getattr(recipe, name) for name in SHARED_WITH_REWARD}
+
+
+def ddpo_shapes() -> DDPOConfig:
+    """DDPO (policy gradient, PPO) on ``reward-shapes``' reward, sampler and guidance: the baseline reward backprop
+    is measured against at equal reward queries (the ``reward_queries`` column of both runs' ``log.csv``).
+
+    Rounds of 16 trajectories (4 captions x 4), 10-step DDIM at η = 1 guided at w = 3 (rescale 0.7, t/T ≤ 0.6),
+    PPO clip 1e-4 (the paper's), one update per round over all 9 stochastic steps. Every weight trains at
+    ``reward-shapes``' lr, so the two recipes differ in the gradient estimator only; ``--set adapter.method=lora
+    --set lr=3e-4`` is the paper's LoRA (rank 4 on the attention projections). Untuned: no run has measured it yet.
+    """
+    return DDPOConfig(
+        **_shared_with(reward_shapes()),
+        out=Path("runs/ddpo-shapes"),
+        eta=1.0,
+        samples_per_prompt=4,
+        clip_range=1e-4,
+        inner_epochs=1,
+        timestep_fraction=1.0,
+        stat_buffer_size=16,
+        stat_min_count=4,
+        adapter={"method": "full"},
+    )
+
+
+def ddpo_synth() -> DDPOConfig:
+    """DDPO on ``reward-synth``'s reward, sampler and guidance (the music counterpart of ``ddpo-shapes``)."""
+    return replace(ddpo_shapes(), **_shared_with(reward_synth()), out=Path("runs/ddpo-synth"))
+
+
 def cfg_distill_musicgen() -> MusicgenDistillConfig:
     """The unguided student of a real MusicGen checkpoint (a template: needs the weights locally or cached).
 
@@ -370,6 +413,8 @@ RECIPES: dict[str, Callable[[], Any]] = {
     "cfg-distill-musicgen": cfg_distill_musicgen,
     "reward-shapes": reward_shapes,
     "reward-synth": reward_synth,
+    "ddpo-shapes": ddpo_shapes,
+    "ddpo-synth": ddpo_synth,
     "finetune": finetune,
     "separate-synth": separate_synth,
     "separate-synth-hdemucs": separate_synth_hdemucs,

@@ -118,6 +118,11 @@ class TrainerConfig:
             raise ValueError(f"max_minutes must be positive or none, got {self.max_minutes}")
 
 
+#: Sample index of the draws that a whole training step shares (REINFORCE's and DDPO's choice of steps); beyond
+#: any real sample index, so it never collides with one.
+STEP_DRAW = 2**62
+
+
 def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
     """The generator of one sample's random draws at one step (independent of process layout)."""
     state = np.random.SeedSequence([seed, step, index]).generate_state(2)
@@ -306,18 +311,26 @@ class Trainer(ABC):
         loss, metrics = self.train_step(batch)
         self._check_finite(loss, "the loss")
         self.accelerator.backward(loss)
-        clip = self.config.grad_clip if self.config.grad_clip is not None else float("inf")
-        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), clip)
-        self._check_finite(norm, "the gradient norm")
-        self.optimizer.step()
+        self.apply_gradients()
         self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.after_step()
         # every process logs the means over all processes (one collective for all the numbers)
         values = torch.tensor([loss.item(), *metrics.values()], device=self.accelerator.device)
         values = self.accelerator.reduce(values, reduction="mean").tolist()
         return dict(zip(["loss", *metrics], values, strict=True))
+
+    def apply_gradients(self) -> None:
+        """Clip the accumulated gradients, check their norm, take the optimizer step and clear them.
+
+        :meth:`optimizer_step` calls it once per step; a method whose step holds several updates (DDPO's inner
+        epochs) calls it for each update but the last, which the skeleton takes.
+        """
+        clip = self.config.grad_clip if self.config.grad_clip is not None else float("inf")
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), clip)
+        self._check_finite(norm, "the gradient norm")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
         """Stop training at this step, before the update, when ``value`` is NaN or inf (any process)."""

@@ -41,15 +41,11 @@ from studio.guidance import (
 from studio.models.unet import with_guidance_input
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler, gaussian_log_prob
-from studio.trainers.base import TrainerConfig, sample_generator
+from studio.trainers.base import STEP_DRAW, TrainerConfig, sample_generator
 from studio.trainers.launch import training_hardware
 from studio.trainers.rewards import JudgeEmbedder, pair_diversity, pooled_statistics
 from studio.trainers.student import StudentTrainer
 from studio.worlds import sample_seed
-
-#: Sample index of the draws that a whole training step shares (REINFORCE's choice of steps); beyond any
-#: real sample index, so it never collides with one.
-STEP_DRAW = 2**62
 
 
 @dataclass(kw_only=True)

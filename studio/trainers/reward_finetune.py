@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from studio.guidance import DEFAULT_GUIDANCE, GuidedConfig, apply_condition_dropout, split_guided
+from studio.guidance import DEFAULT_GUIDANCE, GuidedConfig, apply_condition_dropout
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler
 from studio.trainers.base import TrainerConfig, sample_generator
 from studio.trainers.launch import training_hardware
-from studio.trainers.rewards import JudgeEmbedder, label_log_likelihood, pair_diversity
+from studio.trainers.rewards import DiversityReward, Scores, build_reward, check_reward, decode_samples, score
 from studio.trainers.student import StudentTrainer
 from studio.worlds import sample_seed
 
@@ -58,7 +58,13 @@ class RewardFinetuneConfig(GuidedConfig, TrainerConfig):
             as the model will be sampled.
         sample_steps: DDIM steps of a rollout.
         backprop_steps: the last steps of a rollout that carry gradients (DRaFT-K's ``K``).
-        attributes: the attributes the reward scores (empty: every attribute a caption names).
+        gradient_checkpointing: recompute the UNet activations of each backpropagated rollout step in the backward
+            pass, so memory grows with one step instead of ``K`` (on in every run so far; off trades memory for
+            ~1/3 less compute per backpropagated step).
+        reward: the reward ``λ_r`` weighs: a name in :data:`studio.trainers.rewards.REWARDS` (``adherence``: the
+            reward judge's log-likelihood of what the caption asks for) or ``module.path:callable``, a
+            differentiable scorer of decoded samples and their prompts (:class:`studio.trainers.rewards.Reward`).
+        attributes: the attributes the adherence reward scores (empty: every attribute a caption names).
         reward_weight: ``λ_r``.
         data_weight: ``λ_d``; 0 trains on the reward alone (and lets the model drift from the world).
         anchor_weight: ``λ_a``, the weight of the base-model anchor on rollout states (0: none).
@@ -77,6 +83,8 @@ class RewardFinetuneConfig(GuidedConfig, TrainerConfig):
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     sample_steps: int = 10
     backprop_steps: int = 1
+    gradient_checkpointing: bool = True
+    reward: str = "adherence"
     attributes: tuple[str, ...] = ()
     reward_weight: float = 1.0
     data_weight: float = 1.0
@@ -110,6 +118,12 @@ class RewardFinetuneConfig(GuidedConfig, TrainerConfig):
         if not 0 <= self.condition_dropout <= 1:
             raise ValueError(f"condition_dropout must be in [0, 1], got {self.condition_dropout}")
         self.attributes = tuple(self.attributes)
+        check_reward(self.reward)
+        if self.attributes and self.reward != "adherence":
+            raise ValueError(
+                f"attributes {list(self.attributes)} choose what the adherence reward scores, but reward is "
+                f"{self.reward!r}; leave attributes empty or set reward=adherence"
+            )
 
     @property
     def rolls_out(self) -> bool:
@@ -127,47 +141,28 @@ class RewardFinetuneTrainer(StudentTrainer):
         self.load_base(cfg.base, cfg.world)
         self.guidance = cfg.guidance
         self.sampler = DDIMSampler(self.alphas_cumprod, self.prediction_type, cfg.sample_steps, clip_x0=self.clip_x0)
-        self.scorer = JudgeEmbedder(self.pipe, self.world.name, "reward")
-        vocabulary = self.scorer.judge.attributes
-        unknown = sorted(set(cfg.attributes) - set(vocabulary))
-        if unknown:
-            raise ValueError(
-                f"attributes {unknown} are not attributes of {self.world.name}; use some of {sorted(vocabulary)}"
-            )
-        self.vocabulary = {a: v for a, v in vocabulary.items() if not cfg.attributes or a in cfg.attributes}
+        self.scorer = build_reward(cfg.reward, self.world.name, cfg.attributes)
+        self.vocabulary = getattr(self.scorer, "vocabulary", {})  # what the adherence reward scores
+        self.diversity = DiversityReward(self.world.name) if cfg.diversity_weight > 0 else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def guided_predictor(self, embeds: torch.Tensor, mask: torch.Tensor | None):
-        """``(x, t) -> output`` of the trained model with the config's guidance (one doubled batch where it guides).
-
-        A sampler step has one timestep for the whole batch, so whether it guides is decided per call.
-        """
-        guidance = self.guidance
-        cond = self.predictor(self.model, embeds, mask)
-        both = self.predictor(self.model, *self.with_unconditional(embeds, mask))
-
-        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if not guidance.guides_at(t[0], len(self.alphas_cumprod)):
-                return cond(x, t)
-            return split_guided(both(torch.cat([x, x]), t.repeat(2)), guidance.scale, guidance.rescale)
-
-        return guided
 
     def reward(
         self, samples, embeds, mask, gens, trajectory: list[torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(reward, hits, embedding)`` per rollout of these captions, one rollout per sample.
+    ) -> tuple[Scores, torch.Tensor]:
+        """The reward's :class:`Scores` of one rollout per sample of these captions, and the decoded rollouts.
 
-        ``reward`` and ``hits`` are :func:`label_log_likelihood`'s, ``embedding`` the reward judge's (for the
-        diversity reward). Each rollout starts from a draw of its generator; ``trajectory``, if given,
-        receives the rollouts' states (see :meth:`DDIMSampler.sample`).
+        For ``adherence`` the scores are :func:`label_log_likelihood`'s reward, with its hits logged. Each
+        rollout starts from a draw of its generator; ``trajectory``, if given, receives the rollouts' states
+        (see :meth:`DDIMSampler.sample`).
         """
+        cfg = self.config
         x_T = torch.stack([torch.randn(self.sample_shape(), generator=g) for g in gens]).to(embeds.device)
         predict = self.guided_predictor(embeds, mask)
-        x_0 = self.sampler.sample(predict, x_T, grad_steps=self.config.backprop_steps, trajectory=trajectory)
-        targets = [self.world.parse_prompt(s.caption) for s in samples]
-        judged = self.scorer.judge_output(x_0)
-        return *label_log_likelihood(judged.logits, targets, self.vocabulary), judged.embedding
+        x_0 = self.sampler.sample(
+            predict, x_T, grad_steps=cfg.backprop_steps, checkpointed=cfg.gradient_checkpointing, trajectory=trajectory
+        )
+        decoded = decode_samples(self.pipe, x_0)
+        return score(self.scorer, decoded, [s.caption for s in samples]), decoded
 
     def anchor_loss(self, trajectory: list[torch.Tensor], embeds, mask, gens) -> torch.Tensor:
         """``‖f − f_base‖²`` of both branches at one random state of each sample's rollout."""
@@ -194,11 +189,11 @@ class RewardFinetuneTrainer(StudentTrainer):
             mask = None if mask is None else mask.repeat_interleave(copies, 0)
             gens = [g for g in gens for _ in range(copies)]
         trajectory = [] if cfg.anchor_weight > 0 else None
-        reward, hits, embedding = self.reward(samples, embeds, mask, gens, trajectory)
-        loss = -cfg.reward_weight * reward.mean()
-        metrics = {"reward": reward.mean().item(), "reward_judge_hits": hits.mean().item()}
+        scores, decoded = self.reward(samples, embeds, mask, gens, trajectory)
+        loss = -cfg.reward_weight * scores.reward.mean()
+        metrics = {"reward": scores.reward.mean().item(), **{k: v.mean().item() for k, v in scores.logged.items()}}
         if copies > 1:
-            diversity = pair_diversity(embedding[0::2], embedding[1::2]).mean()
+            diversity = score(self.diversity, decoded, [s.caption for s in samples]).reward.mean()
             loss = loss - cfg.diversity_weight * diversity
             metrics["diversity_reward"] = diversity.item()
         if trajectory:
@@ -231,7 +226,15 @@ class RewardFinetuneTrainer(StudentTrainer):
             data = self.data_loss(samples, embeds, mask, gens)
             loss = loss + cfg.data_weight * data
             metrics["data_mse"] = data.item()
+        if cfg.rolls_out:
+            metrics["reward_queries"] = float(self.reward_queries(self.step + 1))
         return loss, metrics
+
+    def reward_queries(self, steps: int) -> int:
+        """Reward queries of ``steps`` steps over all processes: the rollouts handed to the reward (one query per
+        rollout, however many reward terms score it), the count that compares reward trainers' sample efficiency."""
+        cfg = self.config
+        return steps * cfg.batch_size * (2 if cfg.diversity_weight > 0 else 1) if cfg.rolls_out else 0
 
     def evaluate(self) -> dict[str, float]:
         """Sample held-out prompts at the rollouts' guidance: a grid and eval-judge scores."""
@@ -254,9 +257,12 @@ class RewardFinetuneTrainer(StudentTrainer):
             if cfg.diversity_weight
             else ""
         )
-        return f"""# `{cfg.base}` finetuned on the adherence reward (DRaFT-{cfg.backprop_steps})
+        what = f"The reward judge's log-likelihood of what each prompt asks for ({scored})"
+        if cfg.reward != "adherence":
+            what = f"The reward `{cfg.reward}`"
+        return f"""# `{cfg.base}` finetuned on the {cfg.reward} reward (DRaFT-{cfg.backprop_steps})
 
-The reward judge's log-likelihood of what each prompt asks for ({scored}), backpropagated through the
+{what}, backpropagated through the
 last {cfg.backprop_steps} of {cfg.sample_steps} DDIM steps of rollouts guided at w={cfg.guidance_scale:g}{refined};
 reward weight {cfg.reward_weight:g}, pretraining-loss weight {cfg.data_weight:g}, base-anchor weight
 {cfg.anchor_weight:g}{diversity}.

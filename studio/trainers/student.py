@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from studio.guidance import guidance_embedding
+from studio.guidance import Guidance, guidance_embedding, split_guided
 from studio.models.text import encode_text
 from studio.trainers.base import Trainer
 from studio.worlds import get_world
@@ -26,7 +26,12 @@ logger = logging.getLogger(__name__)
 
 
 class StudentTrainer(Trainer):
-    """Finetunes ``self.model``, a copy of ``base``'s UNet; ``self.teacher`` is the frozen original."""
+    """Finetunes ``self.model``, a copy of ``base``'s UNet; ``self.teacher`` is the frozen original.
+
+    Trainers that sample their own guided rollouts set ``self.guidance`` in ``build`` (see :meth:`guided_predictor`).
+    """
+
+    guidance: Guidance
 
     def load_base(
         self, base: str, world: str, make_student: Callable[[torch.nn.Module], torch.nn.Module] = copy.deepcopy
@@ -81,6 +86,22 @@ class StudentTrainer(Trainer):
             return unet(x, t, encoder_hidden_states=embeds, encoder_attention_mask=mask, **extra).sample
 
         return predict
+
+    def guided_predictor(self, embeds: torch.Tensor, mask: torch.Tensor | None):
+        """``(x, t) -> output`` of the trained model with ``self.guidance`` (one doubled batch where it guides).
+
+        A sampler step has one timestep for the whole batch, so whether it guides is decided per call.
+        """
+        guidance = self.guidance
+        cond = self.predictor(self.model, embeds, mask)
+        both = self.predictor(self.model, *self.with_unconditional(embeds, mask))
+
+        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if not guidance.guides_at(t[0], len(self.alphas_cumprod)):
+                return cond(x, t)
+            return split_guided(both(torch.cat([x, x]), t.repeat(2)), guidance.scale, guidance.rescale)
+
+        return guided
 
     @contextlib.contextmanager
     def student_pipeline(self) -> Iterator:

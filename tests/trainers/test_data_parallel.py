@@ -116,6 +116,19 @@ def test_reward_finetuning_is_one_update_over_two_processes(tiny_shapes_folder, 
     )
 
 
+@needs_torchrun
+def test_ddpo_is_one_update_over_two_processes(tiny_shapes_folder, tmp_path):
+    """One caption's four trajectories per round, two on each process: its advantages need every process's
+    rewards (pooled before the stat tracker), and the first of two inner updates is taken inside the round."""
+    settings = [
+        f"base={tiny_shapes_folder}", "max_steps=2", "batch_size=4", "samples_per_prompt=4", "stat_min_count=2",
+        "sample_steps=3", "inner_epochs=2", "lr=1e-3", "lr_warmup_steps=0", "sample_every=0", "sample_prompts=2",
+        "checkpoint_every=2",
+    ]  # fmt: skip
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert_two_processes_train_as_one("ddpo-shapes", settings, tmp_path, tiny_shapes_folder, weights, "reward")
+
+
 def assert_two_processes_train_as_one(recipe, settings, tmp_path, base: Path, weights: str, reward: str) -> None:
     """One and two processes log the same pooled reward and move the exported ``weights`` alike.
 

@@ -10,6 +10,7 @@ from studio.pipelines import load_pipeline
 from studio.recipes import get_recipe
 from studio.trainers.base import sample_generator
 from studio.trainers.reward_finetune import RewardFinetuneConfig, RewardFinetuneTrainer
+from studio.trainers.rewards import JudgeEmbedder
 from studio.worlds import sample_seed
 
 
@@ -151,7 +152,7 @@ def test_the_diversity_reward_is_one_minus_cos_of_two_rollouts_of_each_caption(t
     x_T = torch.stack([torch.randn(trainer.sample_shape(), generator=g) for g in gens for _ in range(2)])
     with torch.no_grad():
         predict = trainer.guided_predictor(embeds.repeat_interleave(2, 0), mask.repeat_interleave(2, 0))
-        embedding = trainer.scorer(trainer.sampler.sample(predict, x_T))
+        embedding = JudgeEmbedder(trainer.pipe, "shapes", "reward")(trainer.sampler.sample(predict, x_T))
     first, second = F.normalize(embedding[0::2], dim=-1), F.normalize(embedding[1::2], dim=-1)
     diversity = (1 - (first * second).sum(-1)).mean()
     assert diversity > 0.01  # the two rollouts of a caption differ
@@ -160,6 +161,44 @@ def test_the_diversity_reward_is_one_minus_cos_of_two_rollouts_of_each_caption(t
     loss.backward()
     assert all(p.grad is None for p in trainer.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in trainer.model.parameters())
+
+
+def test_a_reward_by_import_path_and_the_reward_queries(tiny_shapes_folder, tmp_path, monkeypatch):
+    """Brightness, brought by import path, is what the rollouts score; with the diversity reward each caption is
+    rolled out twice, so a step of 4 captions makes 8 reward queries."""
+    (tmp_path / "bright.py").write_text("def brightness(samples, prompts):\n    return samples.flatten(1).mean(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    trainer = make_trainer(
+        tiny_shapes_folder, tmp_path, sample_steps=2, backprop_steps=1, reward="bright:brightness", data_weight=0.0,
+        diversity_weight=0.5,
+    )  # fmt: skip
+    assert trainer.vocabulary == {}
+    _, gens, embeds, mask = batch(trainer)
+    _, metrics = trainer.train_step(trainer.local_indices(0))
+    x_T = torch.stack([torch.randn(trainer.sample_shape(), generator=g) for g in gens for _ in range(2)])
+    with torch.no_grad():
+        predict = trainer.guided_predictor(embeds.repeat_interleave(2, 0), mask.repeat_interleave(2, 0))
+        bright = trainer.sampler.sample(predict, x_T).clamp(-1, 1).mean()
+    assert metrics["reward"] == pytest.approx(bright.item(), rel=1e-5)
+    assert "reward_judge_hits" not in metrics and metrics["reward_queries"] == 8
+    trainer.step = 2
+    assert trainer.train_step(trainer.local_indices(2))[1]["reward_queries"] == 3 * 8
+    with pytest.raises(ValueError, match="choose what the adherence reward scores"):
+        RewardFinetuneConfig(base="shapes", reward="bright:brightness", attributes=("colour",))
+
+
+def test_gradient_checkpointing_changes_memory_not_the_update(tiny_shapes_folder, tmp_path):
+    grads = []
+    for checkpointing in (True, False):
+        trainer = make_trainer(
+            tiny_shapes_folder, tmp_path / str(checkpointing), sample_steps=3, backprop_steps=3, data_weight=0.0,
+            gradient_checkpointing=checkpointing,
+        )  # fmt: skip
+        loss, _ = trainer.train_step(trainer.local_indices(0))
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
+    assert grads[0].abs().max() > 0
 
 
 @pytest.mark.slow

@@ -1,15 +1,28 @@
 """Rewards through the embedders: the music reward's gradient (Griffin-Lim phase held fixed) is useful."""
 
 import math
+import textwrap
 import types
 
 import pytest
 import torch
 
+from studio.judges import load_judge
 from studio.models.audio import MelCodec
 from studio.models.zoo import model_dir
-from studio.trainers.rewards import JudgeEmbedder, label_log_likelihood, pair_diversity
+from studio.trainers.rewards import (
+    REWARDS,
+    AdherenceReward,
+    DiversityReward,
+    JudgeEmbedder,
+    build_reward,
+    check_reward,
+    label_log_likelihood,
+    pair_diversity,
+    score,
+)
 from studio.worlds import get_world, sample_seed
+from studio.worlds.base import to_tensor
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +97,76 @@ def test_label_log_likelihood_counts_misses():
     reward, hits = label_log_likelihood(logits, [{"mode": "major"}, {"mode": "minor"}], vocabulary)
     torch.testing.assert_close(hits, torch.tensor([1.0, 0.0]))
     assert reward[0] > math.log(0.5) > reward[1]
+
+
+# ---- one reward interface -----------------------------------------------------------------------------
+@pytest.fixture
+def own_rewards(tmp_path, monkeypatch) -> str:
+    """A module of rewards a user brings: brightness, a non-callable, and a reward of the wrong shape."""
+    (tmp_path / "my_rewards.py").write_text(
+        textwrap.dedent(
+            """
+            def brightness(samples, prompts):
+                return samples.flatten(1).mean(1)
+
+            THRESHOLD = 0.5
+
+            def one_number(samples, prompts):
+                return samples.mean()
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_rewards"
+
+
+def world_images(n: int) -> tuple[torch.Tensor, list[str]]:
+    world = get_world("shapes")
+    samples = [world.sample(sample_seed(5, i)) for i in range(n)]
+    return torch.stack([to_tensor(s.data) for s in samples]), [s.caption for s in samples]
+
+
+def test_the_named_rewards_are_the_judges_adherence_and_pair_diversity():
+    assert set(REWARDS) == {"adherence", "diversity"}
+    assert REWARDS["adherence"] is AdherenceReward and REWARDS["diversity"] is DiversityReward
+    images, prompts = world_images(4)
+    judged = load_judge("shapes", "reward")(images)
+    world = get_world("shapes")
+    expected, hits = label_log_likelihood(judged.logits, [world.parse_prompt(p) for p in prompts], world.attributes)
+    scores = score(build_reward("adherence", "shapes"), images, prompts)
+    torch.testing.assert_close(scores.reward, expected)
+    torch.testing.assert_close(scores.logged["reward_judge_hits"], hits)
+    only_colour = score(build_reward("adherence", "shapes", ("colour",)), images, prompts)
+    assert not torch.allclose(only_colour.reward, expected)
+
+    paired = [prompts[0], prompts[0], prompts[1], prompts[1]]
+    diversity = score(build_reward("diversity", "shapes"), images, paired).reward
+    pairs = pair_diversity(judged.embedding[0::2], judged.embedding[1::2])
+    torch.testing.assert_close(diversity, pairs.repeat_interleave(2))
+    with pytest.raises(ValueError, match="consecutive pairs of samples of one prompt"):
+        score(build_reward("diversity", "shapes"), images, prompts)
+
+
+def test_a_reward_by_import_path_is_used_as_it_is(own_rewards):
+    images, prompts = world_images(3)
+    reward = build_reward(f"{own_rewards}:brightness", "shapes")
+    torch.testing.assert_close(score(reward, images, prompts).reward, images.flatten(1).mean(1))
+    assert check_reward(f"{own_rewards}:brightness") == f"{own_rewards}:brightness"
+    with pytest.raises(ValueError, match=r"the reward returned \(\) for 3 samples; a reward returns one score"):
+        score(build_reward(f"{own_rewards}:one_number", "shapes"), images, prompts)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("no_such_module_xyz:score", r"reward 'no_such_module_xyz:score' does not resolve \(No module named"),
+        ("{module}:missing", r"reward 'my_rewards:missing' does not resolve \(module 'my_rewards' has no attribute"),
+        ("{module}:THRESHOLD", "reward 'my_rewards:THRESHOLD' is a float, not a callable"),
+        ("brightness", "reward 'brightness' is neither a known reward nor an import path"),
+        ("", "reward must be one of"),
+    ],
+)
+def test_a_reward_that_does_not_resolve_is_refused_in_one_line(own_rewards, name, message):
+    with pytest.raises(ValueError, match=message) as refused:
+        check_reward(name.format(module=own_rewards))
+    assert "\n" not in str(refused.value) and "adherence" in str(refused.value)
