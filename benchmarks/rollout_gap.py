@@ -21,7 +21,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from studio.recipes import get_recipe
-from studio.trainers.base import sample_generator
+from studio.trainers.config import sample_generator
 from studio.trainers.reward_finetune import RewardFinetuneTrainer
 from studio.worlds import sample_seed
 

@@ -17,7 +17,8 @@ from diffusers import AutoencoderKL
 
 from studio.io import write_png
 from studio.models.unet import norm_groups
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.base import Trainer
+from studio.trainers.config import TrainerConfig, sample_generator
 from studio.trainers.launch import training_hardware
 from studio.worlds import get_world, sample_seed
 from studio.worlds.base import to_array, to_tensor

@@ -41,7 +41,7 @@ from studio.guidance import (
 from studio.models.unet import with_guidance_input
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler, gaussian_log_prob
-from studio.trainers.base import STEP_DRAW, TrainerConfig, sample_generator
+from studio.trainers.config import STEP_DRAW, TrainerConfig, sample_generator
 from studio.trainers.launch import training_hardware
 from studio.trainers.rewards import JudgeEmbedder, pair_diversity, pooled_statistics
 from studio.trainers.student import StudentTrainer

@@ -60,7 +60,7 @@ from studio.adapters import (
 from studio.guidance import DEFAULT_GUIDANCE, GuidedConfig
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler, StepLogProb, ddim_step_with_logprob
-from studio.trainers.base import STEP_DRAW, TrainerConfig, sample_generator
+from studio.trainers.config import STEP_DRAW, TrainerConfig, sample_generator
 from studio.trainers.launch import training_hardware
 from studio.trainers.rewards import build_reward, check_reward, decode_samples, score
 from studio.trainers.stat_tracker import PerPromptStatTracker

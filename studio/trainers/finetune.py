@@ -39,7 +39,8 @@ from studio.guidance import DEFAULT_GUIDANCE
 from studio.io import atomic_write_text, read_image, read_wav, write_png, write_wav
 from studio.models.text import encode_text, is_clip, text_hidden_states, tokenize
 from studio.models.zoo import world_of
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.base import Trainer
+from studio.trainers.config import TrainerConfig, sample_generator
 from studio.trainers.ema import EMA
 from studio.worlds import get_world
 from studio.worlds.base import to_tensor

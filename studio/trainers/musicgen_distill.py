@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from studio.guidance import cfg_combine, check_guidance_scale
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.base import Trainer
+from studio.trainers.config import TrainerConfig, sample_generator
 from studio.trainers.rewards import pair_diversity, pooled_statistics
 from studio.worlds import get_world, sample_seed
 

@@ -19,7 +19,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from studio.guidance import apply_condition_dropout
 from studio.models.text import encode_text, load_packaged_text_encoder
 from studio.models.unet import build_unet
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.base import Trainer
+from studio.trainers.config import TrainerConfig, sample_generator
 from studio.trainers.ema import EMA
 from studio.trainers.launch import training_hardware
 from studio.worlds import get_world, sample_seed

