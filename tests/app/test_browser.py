@@ -18,7 +18,7 @@ if not CHROMIUM.is_file():
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser test needs playwright (pip install playwright)")
 
 from studio.app.ui import launch  # noqa: E402
-from tests.app.test_separate import tiny_separator  # noqa: E402
+from tests.app.test_separate_tab import tiny_separator  # noqa: E402
 
 TIMEOUT_MS = 60_000
 
