@@ -60,6 +60,7 @@ class Trainer(ABC):
         self.accelerator = accelerator or make_accelerator(config.mixed_precision)
         check_process_count(self.accelerator)
         self.step = 0
+        self._evaluating = 0.0  # seconds spent in evaluate() during fit (left out of train_seconds)
         self.out = Path(config.out)
         if config.batch_size % self.accelerator.num_processes:
             raise ValueError(
@@ -164,7 +165,8 @@ class Trainer(ABC):
         if latest is not None:
             self.load_checkpoint(latest)
             if self.accelerator.is_main_process:
-                truncate_log(self.out / "log.csv", self.step)
+                for file in ("log.csv", "evaluate.csv"):
+                    truncate_log(self.out / file, self.step)
 
     def fit(self) -> dict[str, float]:
         """Train to ``max_steps`` (or the time budget); returns the last logged metrics."""
@@ -194,7 +196,7 @@ class Trainer(ABC):
                 self.save_checkpoint()
                 saved_at = self.step
             if self.config.sample_every and self.step % self.config.sample_every == 0:
-                evaluated, evaluated_at = self.run_evaluate(), self.step
+                evaluated, evaluated_at = self.evaluate_and_log(start, metrics), self.step
             if out_of_time:
                 logger.warning("time budget of %s min spent at step %d; stopping", self.config.max_minutes, self.step)
                 break
@@ -202,7 +204,7 @@ class Trainer(ABC):
         if saved_at != self.step:
             self.save_checkpoint()
         if evaluated_at != self.step:
-            evaluated = self.run_evaluate()
+            evaluated = self.evaluate_and_log(start, metrics)
         minutes, processes = (time.time() - start) / 60, self.accelerator.num_processes
         metrics = {**metrics, **evaluated, "train_minutes": minutes, "steps": self.step, "processes": processes}
         if self.accelerator.is_main_process:
@@ -292,15 +294,29 @@ class Trainer(ABC):
             return None
         return score_samples(samples.data, samples.prompts, self.world, role=judge, reference_size=0)
 
+    def evaluate_and_log(self, start: float, metrics: dict[str, float]) -> dict[str, float]:
+        """:meth:`evaluate`, with a row in ``evaluate.csv``: step, seconds since ``start`` less the time spent
+        evaluating (``train_seconds``), the reward queries so far (where the trainer counts them), the scores."""
+        began = time.time()
+        evaluated = self.run_evaluate()
+        if evaluated:
+            trained = began - start - self._evaluating
+            queries = {k: metrics[k] for k in ("reward_queries",) if k in metrics}
+            row = {"step": self.step, "train_seconds": round(trained, 2), **queries, **evaluated}
+            self.log(row, "evaluate.csv")
+        self._evaluating += time.time() - began
+        return evaluated
+
     def run_evaluate(self) -> dict[str, float]:
         if not self.accelerator.is_main_process:
             return {}
         return self.evaluate()
 
-    def log(self, row: dict[str, Any]) -> None:
+    def log(self, row: dict[str, Any], file: str = "log.csv") -> None:
+        """Append ``row`` to the CSV ``file`` of the run folder (main process; the header is the first row's keys)."""
         if not self.accelerator.is_main_process:
             return
-        path = self.out / "log.csv"
+        path = self.out / file
         new = not path.exists()
         with path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(row))
