@@ -12,8 +12,9 @@ the UNet's input shape. Candidates:
 - ``stft256-p4``: the same with 4×4 patches → 96 × 32 × 64;
 - ``stft256-p4-narrow``: the same with levels of 32, 64, 128 channels instead of 64, 128, 128;
 - ``stft512-p4``: tight STFT, n_fft 512 (6 × 256 × 128), 4×4 patches → 96 × 64 × 32 (and ``-narrow``);
-- ``wave-p16-2d``: the waveform, 16 samples per patch → 48 × 1 × 2048, UNet2DCondition (height 1);
-- ``wave-p16-1d``: the same through diffusers' ``UNet1DModel`` (dance-diffusion blocks; no text conditioning).
+- ``wave-p16-2d``: the waveform, 16 samples per patch → 48 × 1 × 2048, UNet2DCondition (height 1; and ``-narrow``);
+- ``wave-p16-1d``: the same through diffusers' ``UNet1DModel`` (dance-diffusion blocks; no text conditioning; and
+  ``-narrow``).
 
 Every 2D candidate uses cross-attention to 16 text tokens at its two lowest-resolution levels.
 """
@@ -78,7 +79,9 @@ CANDIDATES = {
     "stft512-p4": lambda: stft_candidate(512, 4, (64, 128, 128)),
     "stft512-p4-narrow": lambda: stft_candidate(512, 4, (32, 64, 128)),
     "wave-p16-2d": lambda: wave_2d_candidate(16, (64, 128, 128, 128)),
+    "wave-p16-2d-narrow": lambda: wave_2d_candidate(16, (32, 64, 128)),
     "wave-p16-1d": lambda: wave_1d_candidate(16, (64, 128, 128)),
+    "wave-p16-1d-narrow": lambda: wave_1d_candidate(16, (32, 64, 128)),
 }
 
 

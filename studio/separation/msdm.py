@@ -14,22 +14,25 @@ over exactly), as ``(S, 2, n_fft/2, frames)`` images, and the UNet reads them in
 exact reshape). Measured forward + backward at batch 8 on one thread of the shared 2-core machine (load 2.3-2.9
 from two training jobs, so ±30%; ``benchmarks/bench_msdm_domain.py``):
 
-========================================  ================  ==========  =========
-candidate                                 UNet input        params      step (s)
-========================================  ================  ==========  =========
-STFT 256, 2×2 patches, levels 64-128-128-128  24 × 64 × 128   8.8 M       6.18
-STFT 256, 4×4 patches, levels 64-128-128  96 × 32 × 64      7.3 M       2.24-2.30
-STFT 256, 4×4 patches, levels 32-64-128   96 × 32 × 64      4.6 M       1.21
-STFT 512, 4×4 patches, levels 64-128-128  96 × 64 × 32      7.3 M       2.26
-STFT 512, 4×4 patches, levels 32-64-128   96 × 64 × 32      4.6 M       1.16
-waveform, 16-sample patches, 2D UNet      48 × 1 × 2048     8.9 M       2.28
-waveform, 16-sample patches, UNet1DModel  48 × 2048         4.2 M       3.08
-========================================  ================  ==========  =========
+=============================================  =============  ======  ==========
+candidate (UNet levels)                        UNet input     params  step (s)
+=============================================  =============  ======  ==========
+STFT 256, 2×2 patches, 64-128-128-128          24 × 64 × 128  8.8 M   6.18
+STFT 256, 4×4 patches, 64-128-128              96 × 32 × 64   7.3 M   2.24-2.30
+STFT 256, 4×4 patches, 32-64-128               96 × 32 × 64   4.6 M   1.21
+STFT 512, 4×4 patches, 64-128-128              96 × 64 × 32   7.3 M   2.26
+STFT 512, 4×4 patches, 32-64-128 (default)     96 × 64 × 32   4.6 M   1.16-1.23
+waveform, 16-sample patches, 2D UNet, 64-128   48 × 1 × 2048  8.9 M   2.28
+waveform, 16-sample patches, 2D UNet, 32-128   48 × 1 × 2048  4.6 M   2.41
+waveform, 16-sample patches, UNet1DModel, 64   48 × 2048      4.2 M   3.08
+waveform, 16-sample patches, UNet1DModel, 32   48 × 2048      2.6 M   1.73
+=============================================  =============  ======  ==========
 
-The default is the STFT with ``n_fft`` 512 (31 Hz bins: bass notes at 65-123 Hz sit in separate bins, which a 2D
+(2D UNet 64-128: levels 64-128-128-128; 32-128: 32-64-128; UNet1DModel 64: 64-128-128; 32: 32-64-128.) The
+default is the STFT with ``n_fft`` 512 (31 Hz bins: bass notes at 65-123 Hz sit in separate bins, which a 2D
 convolution sees as local structure), 4×4 patches and levels of 32, 64 and 128 channels: ~1.2 s a step, ~2,200
-steps in 45 minutes, where the waveform UNets of the same width cost twice as much; diffusers' ``UNet1DModel``
-also has no text conditioning.
+steps in 45 minutes. The narrow waveform UNets cost 1.4-2× as much (the 2D one of height 1 attends over 512-1024
+positions at its lower levels), and diffusers' ``UNet1DModel`` has no text conditioning.
 
 **Denoiser** (EDM Table 1): ``D(x; σ) = c_skip x + c_out F(c_in x; c_noise)`` with ``c_skip = σ_d² / (σ² + σ_d²)``,
 ``c_out = σ σ_d / √(σ² + σ_d²)``, ``c_in = 1 / √(σ² + σ_d²)``, ``c_noise = ln(σ) / 4`` (read through diffusers'
@@ -99,7 +102,10 @@ class SeparationOptions:
         steps: sampler steps (the paper: 150; two denoiser calls each with Heun).
         churn: ``S_churn`` (the paper: 20 with Dirac, 40 with Gaussian).
         resamples: repeats of each step (the paper: 2).
-        heun: Heun's correction (the MSDM code takes Euler steps).
+        heun: Heun's correction. Off by default, as in the MSDM code: with an oracle denoiser (a prior tight
+            around the true stems, ``tests/separation/test_msdm.py``) and churn 20, Euler separated a synth mixture to
+            30-33 dB SI-SDR in 16-32 steps, where Euler–Heun gave -35, 0.4 and 28 dB in 16, 24 and 32 steps (see
+            :mod:`~studio.separation.msdm_sampling` on the Dirac derivative's stiffness).
         seed: the seed of the sampler's noise (each call starts from it, so a separation is reproducible).
         constrained: Dirac: the index of the source set to ``y − Σ others`` (the MSDM code's ``source_id`` 0).
         gamma: Gaussian: ``γ / σ`` (0.75).
@@ -109,7 +115,7 @@ class SeparationOptions:
     steps: int = 50
     churn: float = 20.0
     resamples: int = 1
-    heun: bool = True
+    heun: bool = False
     seed: int = 0
     constrained: int = 0
     gamma: float = 0.75
