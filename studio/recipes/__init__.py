@@ -404,8 +404,8 @@ def msdm_synth() -> MSDMConfig:
     """A multi-source diffusion model of the synth world's drums, bass and lead (generates, accompanies, separates).
 
     45 minutes on one CPU thread: a batch-8 step of the default model (tight STFT n_fft 512, 4x4 patches, UNet levels
-    32-64-128) measured 1.2 s forward + backward on one thread of a shared 2-core machine (docs/MSDM.md), so about
-    2,000 steps; validation separation and a generated grid every 500 steps (about 30 s each).
+    32-64-128) measured 1.06-1.21 s (data, captions, forward, backward, EMA) on one thread of a shared 2-core machine
+    (docs/MSDM.md), so about 2,200 steps; validation separation and a generated grid every 500 steps (23 s each).
     """
     return MSDMConfig(
         out=Path("runs/msdm-synth"),
