@@ -84,8 +84,8 @@ def load_msdm(name: str):
     return model
 
 
-def read_given(pairs: list[str], sample_rate: int) -> dict:
-    """``--given STEM=FILE`` flags as ``{stem: waveform}`` (mono files at ``sample_rate``)."""
+def read_given(pairs: list[str], sources: list[str], sample_rate: int) -> dict:
+    """``--given STEM=FILE`` flags as ``{stem: waveform}`` (mono files at ``sample_rate``, stems of ``sources``)."""
     from studio.io import read_wav
 
     given = {}
@@ -93,9 +93,13 @@ def read_given(pairs: list[str], sample_rate: int) -> dict:
         stem, sep, file = pair.partition("=")
         if not sep or not stem or not file:
             raise ValueError(f"--given {pair!r} must be STEM=FILE, e.g. drums=beat.wav")
+        if stem not in sources:
+            raise ValueError(f"--given stem {stem!r} is not one this model generates; pick from {sources}")
         if stem in given:
             raise ValueError(f"--given names stem {stem!r} twice; give each stem once")
         given[stem] = read_wav(Path(file), sample_rate)
+    if given and len(given) == len(sources):
+        raise ValueError(f"--given gives every stem ({', '.join(sources)}); leave at least one to generate")
     return given
 
 
@@ -103,8 +107,7 @@ def cmd_generate_stems(args: argparse.Namespace) -> int:
     from studio.checks import check_choice, check_int, check_number, check_seed, check_text
     from studio.generation import eval_prompt_texts, progress_bar, seeds_for
     from studio.io import check_output_dir
-    from studio.pipelines.stems import MAX_SAMPLES, generate_stems, write_stems
-    from studio.worlds import WORLDS
+    from studio.pipelines.stems import DEFAULT_CHURN, MAX_SAMPLES, generate_stems, write_stems
 
     for attr, (flag, default) in NOT_FOR_STEMS.items():
         if getattr(args, attr, default) != default:
@@ -115,7 +118,7 @@ def cmd_generate_stems(args: argparse.Namespace) -> int:
     guidance = 1.0 if args.guidance is None else check_number("--guidance", args.guidance, 0, MAX_GUIDANCE)
     if args.length is not None:
         check_number("--length", args.length, 0.01, 60)
-    world = check_choice("--world", args.world or "synth", [w for w in WORLDS if w == "synth"])
+    world = check_choice("--world", args.world or "synth", ["synth"])  # the one world with stems
     if args.prompt_set == "eval":
         if args.prompt is not None:
             raise ValueError("give either PROMPT or --prompt-set eval, not both")
@@ -130,17 +133,12 @@ def cmd_generate_stems(args: argparse.Namespace) -> int:
         raise ValueError("--model is required for stems: a folder made by `mixstudio train msdm-synth`")
     check_output_dir(args.out, force=args.force)
     model = load_msdm(args.model)
-    given = read_given(args.given, model.sample_rate)
+    given = read_given(args.given, model.sources, model.sample_rate)
     length = None if args.length is None else round(args.length * model.sample_rate)
-    settings = {"steps": args.steps, "churn": 20.0 if args.churn is None else args.churn,
+    settings = {"steps": args.steps, "churn": DEFAULT_CHURN if args.churn is None else args.churn,
                 "resamples": args.resamples or 1, "guidance_scale": guidance, "seed": args.seed}  # fmt: skip
     with progress_bar("generate stems", not args.quiet) as bar:
-        try:
-            stems = generate_stems(
-                model, prompts, args.n, given=given, length_samples=length, progress=bar, **settings
-            )
-        except ValueError as err:
-            raise ValueError(f"--given: {err}" if given else str(err)) from None
+        stems = generate_stems(model, prompts, args.n, given=given, length_samples=length, progress=bar, **settings)
     meta = {"source": "generate stems", "model": str(args.model), **settings,
             "given": {stem: file for stem, _, file in (p.partition("=") for p in args.given)}}  # fmt: skip
     captions = [p for p in prompts for _ in range(args.n)]

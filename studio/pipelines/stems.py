@@ -26,6 +26,8 @@ from studio.separation.msdm_sampling import accompany, generate
 
 #: Most samples in one call (one batch).
 MAX_SAMPLES = 64
+#: ``S_churn`` of generation (the MSDM notebook's 20 for total generation).
+DEFAULT_CHURN = 20.0
 
 
 def generate_stems(
@@ -35,7 +37,7 @@ def generate_stems(
     *,
     given: Mapping[str, np.ndarray | torch.Tensor] | None = None,
     steps: int = 50,
-    churn: float = 20.0,
+    churn: float = DEFAULT_CHURN,
     resamples: int = 1,
     heun: bool = True,
     guidance_scale: float = 1.0,

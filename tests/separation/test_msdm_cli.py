@@ -92,7 +92,8 @@ def test_generate_stems_writes_mixes_stems_and_a_manifest(tmp_path, msdm_folder,
 
 def test_generate_stems_refusals(tmp_path, msdm_folder, tiny_bsrnn, capsys):
     tiny_bsrnn.save_pretrained(tmp_path / "bsrnn")
-    sf.write(tmp_path / "beat.wav", np.zeros(100, np.float32), 16_000)
+    beat = tmp_path / "beat.wav"
+    sf.write(beat, np.zeros(100, np.float32), 16_000)
     out = ["--out", str(tmp_path / "o")]
     model = ["--model", str(msdm_folder)]
     for argv, message in [
@@ -101,7 +102,8 @@ def test_generate_stems_refusals(tmp_path, msdm_folder, tiny_bsrnn, capsys):
         (["generate", "stems", *out], "--model is required for stems"),
         (["generate", "stems", "--model", str(tmp_path / "bsrnn"), *out], "not a multi-source diffusion model"),
         (["generate", "stems", *model, "--given", "drums", *out], "must be STEM=FILE"),
-        (["generate", "stems", *model, "--given", f"vocals={tmp_path / 'beat.wav'}", *out], "given stem 'vocals'"),
+        (["generate", "stems", *model, "--given", f"vocals={beat}", *out], "--given stem 'vocals' is not one"),
+        (["generate", "stems", *model, *(f"--given={s}={beat}" for s in ("drums", "bass", "lead")), *out], "every"),
         (["generate", "stems", "a fast tune", *model, *out], "no text encoder"),
         (["generate", "stems", *model, "--churn", "nan", *out], "--churn must be a finite number"),
     ]:
