@@ -44,7 +44,6 @@ condition dropout in training makes it).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -58,8 +57,6 @@ from studio.separation.base import SYNTH_SOURCES, Separator, check_contract
 from studio.separation.msdm_sampling import LIKELIHOODS, Denoiser, Generator, SamplerSettings, StepCallback
 from studio.separation.msdm_sampling import separate as separate_sources
 from studio.separation.stft import tight_istft, tight_stft
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,8 +73,8 @@ def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> EDMScalings:
     """EDM Table 1: ``c_skip = σ_d²/(σ²+σ_d²)``, ``c_out = σσ_d/√(σ²+σ_d²)``, ``c_in = 1/√(σ²+σ_d²)``,
     ``c_noise = ln(σ)/4``.
 
-    Example: at ``σ = σ_d`` all of ``c_skip``, ``c_out·√2/σ_d`` and ``c_in·√2·σ_d`` are ½, 1, 1; as σ → 0,
-    ``c_skip`` → 1 and ``c_out`` → 0, so ``D(x; σ)`` → ``x``.
+    Example: at ``σ = σ_d``, ``c_skip = ½``, ``c_out = σ_d/√2`` and ``c_in = 1/(σ_d √2)``; as σ → 0, ``c_skip`` → 1
+    and ``c_out`` → 0, so ``D(x; σ)`` → ``x`` whatever the network says.
     """
     total = sigma**2 + sigma_data**2
     return EDMScalings(sigma_data**2 / total, sigma * sigma_data / total.sqrt(), total.rsqrt(), sigma.log() / 4)
