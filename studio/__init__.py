@@ -65,6 +65,11 @@ _API: dict[str, str] = {
     "read_audio_info": "studio.separation.files",
     "separation_scores": "studio.evaluation.separation",
     "EMBEDDED_SEPARATORS": "studio.models.zoo",
+    # multi-source diffusion: one model that generates, accompanies and separates stems
+    "MultiSourceDiffusion": "studio.separation",
+    "SeparationOptions": "studio.separation",
+    "generate_stems": "studio.pipelines.stems",
+    "write_stems": "studio.pipelines.stems",
     # adapters
     "add_adapter": "studio.adapters",
     "load_adapter": "studio.adapters",

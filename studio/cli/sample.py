@@ -16,6 +16,7 @@ from studio.cli.common import (
     check_sampling_flags,
     modality_of,
 )
+from studio.cli.stems import add_stems_flags, cmd_generate_stems, refuse_stems_flags
 
 
 def add_world(sub: argparse._SubParsersAction) -> None:
@@ -69,8 +70,10 @@ def write_concept(args: argparse.Namespace) -> int:
 
 
 def add_generate(sub: argparse._SubParsersAction) -> None:
-    gen = sub.add_parser("generate", help="generate images or music into a folder with a manifest")
-    gen.add_argument("modality", choices=("image", "music"))
+    gen = sub.add_parser("generate", help="generate images, music, or music stems into a folder with a manifest")
+    gen.add_argument(
+        "modality", choices=("image", "music", "stems"), help="stems: a multi-source diffusion model's stems and mix"
+    )
     gen.add_argument("prompt", nargs="?", default=None, help="text prompt (omit with --prompt-set eval)")
     gen.add_argument("-n", type=int, default=1, help="samples per prompt")
     gen.add_argument(
@@ -79,7 +82,12 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="use the world's held-out evaluation prompts instead of PROMPT",
     )
-    gen.add_argument("--model", default=None, help="embedded name (shapes, synth), a pipeline folder, or a hub id")
+    gen.add_argument(
+        "--model",
+        default=None,
+        help="embedded name (shapes, synth), a pipeline folder, or a hub id; for stems a multi-source diffusion "
+        "model folder (`mixstudio train msdm-synth`)",
+    )
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--guidance", type=float, default=None, help="CFG scale (1 = none; default 2 images, 4 music)")
     add_sampler(gen)
@@ -100,6 +108,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="adapter strength (1 = as trained): one for every --adapter, or one per --adapter in order",
     )
+    add_stems_flags(gen)
     add_out(gen, "output folder (replaced atomically)")
 
 
@@ -109,6 +118,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from studio.io import check_output_dir
     from studio.pipelines import load_pipeline
 
+    if args.modality == "stems":
+        return cmd_generate_stems(args)
+    refuse_stems_flags(args)
     modality = modality_of(args.modality)
     check_sampling_flags(args)
     if args.length is not None:

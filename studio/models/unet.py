@@ -35,6 +35,7 @@ def build_unet(
     heads: int = 4,
     pooled_text: bool = False,
     groups: int | None = None,
+    time_embedding_type: str = "positional",
 ) -> UNet2DConditionModel:
     """A conditional UNet with cross-attention only at the given levels (0 = highest resolution).
 
@@ -53,6 +54,8 @@ def build_unet(
             (diffusers' ``addition_embed_type="text"``), so every ResNet block, including those at the
             highest resolution where there is no cross-attention, sees what the prompt asks for.
         groups: GroupNorm groups (default: :func:`norm_groups`).
+        time_embedding_type: ``positional`` (sinusoidal, for DDPM timesteps) or ``fourier`` (random Fourier
+            features, for continuous noise labels such as EDM's ``ln(σ) / 4``).
     """
     levels = range(len(channels))
     bad = [a for a in attention_levels if a not in levels]
@@ -73,6 +76,7 @@ def build_unet(
         norm_num_groups=groups or norm_groups(tuple(channels)),
         addition_embed_type="text" if pooled_text else None,
         addition_embed_type_num_heads=8,
+        time_embedding_type=time_embedding_type,
     )
 
 

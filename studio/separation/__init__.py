@@ -16,10 +16,12 @@ from studio.separation.blend import BlendSeparator, blend_weights, fit_blend
 from studio.separation.bsrnn import BandSplitRNN, band_edges
 from studio.separation.families import MEMBERS
 from studio.separation.hdemucs import HDemucsSeparator, load_hdemucs_checkpoint, save_hdemucs_checkpoint
+from studio.separation.msdm import MultiSourceDiffusion, SeparationOptions
 
 #: Separator families by name (``SeparateConfig.model`` and the CLI pick from these): the blendable families
-#: (``families.MEMBERS``) and the blend.
-SEPARATORS: dict[str, type[Separator]] = {**MEMBERS, "blend": BlendSeparator}
+#: (``families.MEMBERS``), the blend, and multi-source diffusion (trained by ``mixstudio train msdm-synth``; not
+#: blendable: it samples, so its estimates are draws rather than one deterministic answer).
+SEPARATORS: dict[str, type[Separator]] = {**MEMBERS, "blend": BlendSeparator, "msdm": MultiSourceDiffusion}
 
 
 def separator_class(class_name: str | None) -> type[Separator]:
@@ -77,6 +79,8 @@ __all__ = [
     "BandSplitRNN",
     "BlendSeparator",
     "HDemucsSeparator",
+    "MultiSourceDiffusion",
+    "SeparationOptions",
     "Separator",
     "band_edges",
     "blend_weights",

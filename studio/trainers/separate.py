@@ -25,6 +25,7 @@ import torch
 from studio.evaluation.separation import ideal_ratio_mask, mixture_as_estimate, separation_scores
 from studio.separation import SEPARATORS, SYNTH_SOURCES, Separator
 from studio.separation.augment import augment_stems, remix_groups
+from studio.separation.families import MEMBERS
 from studio.trainers.base import Trainer
 from studio.trainers.config import TrainerConfig, sample_generator
 from studio.trainers.launch import training_hardware
@@ -102,7 +103,7 @@ class SeparateConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.model not in SEPARATORS or self.model == "blend":
+        if self.model not in MEMBERS:  # the blend and multi-source diffusion train elsewhere
             raise ValueError(f"model must be 'bsrnn' or 'hdemucs', got {self.model!r}")
         sizes = ("val_mixtures", "eval_batch_size", "bsrnn_features", "bsrnn_hidden", "bsrnn_layers",
                  "bsrnn_mask_hidden", "hdemucs_channels", "hdemucs_depth", "remix_group", "loss_n_fft",

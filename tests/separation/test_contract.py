@@ -7,13 +7,18 @@ from studio.separation import SEPARATORS, BandSplitRNN, check_contract, load_sep
 
 
 def test_every_registered_family_speaks_the_contract():
-    assert set(SEPARATORS) == {"bsrnn", "hdemucs", "blend"}
+    assert set(SEPARATORS) == {"bsrnn", "hdemucs", "blend", "msdm"}
     torch.manual_seed(0)
-    for name in ("bsrnn", "hdemucs"):
-        model = SEPARATORS[name](segment_samples=4000).eval()
+    tiny_msdm = {"segment_samples": 4096, "n_fft": 64, "patch": 2, "channels": (8, 16), "attention_levels": (1,),
+                 "heads": 2, "text_encoder_package": None}  # fmt: skip
+    for name, fields in [("bsrnn", {"segment_samples": 4000}), ("hdemucs", {"segment_samples": 4000}),
+                         ("msdm", tiny_msdm)]:  # fmt: skip
+        model = SEPARATORS[name](**fields).eval()
         assert (model.sources, model.sample_rate, model.audio_channels, model.segment_samples) == (
-            ["drums", "bass", "lead"], 16_000, 1, 4000,
+            ["drums", "bass", "lead"], 16_000, 1, fields["segment_samples"],
         )  # fmt: skip
+        if name == "msdm":
+            model.configure_separation(steps=2)
         with torch.no_grad():
             assert model(torch.randn(2, 1, 3001)).shape == (2, 3, 1, 3001)
         with pytest.raises(ValueError, match="separate"):
