@@ -146,7 +146,9 @@ def slider_pairs() -> dict[str, tuple[str, str]]:
 
 #: Every shipped source separator by name: the command that makes it.
 EMBEDDED_SEPARATORS: dict[str, str] = {
-    "synth-sep": "mixstudio train separate-synth --set max_steps=800 --set export=assets/models/synth-sep",
+    "synth-sep": "mixstudio train separate-synth --set max_steps=900 && mixstudio train separate-synth-hdemucs --set "
+    "max_steps=1100 && python benchmarks/separation_table.py --models bsrnn=runs/separate-synth/model "
+    "hdemucs=runs/separate-synth-hdemucs/model --export assets/models/synth-sep",
 }
 
 

@@ -67,7 +67,7 @@ class BlendSeparator(Separator):
         for other in separators:
             _check_same_contract(other, first.sources, first.sample_rate, first.audio_channels)
         blend = cls(
-            member_configs=[{"_class_name": type(s).__name__, **s.config} for s in separators],
+            member_configs=[_member_config(s) for s in separators],
             sources=first.sources,
             sample_rate=first.sample_rate,
             audio_channels=first.audio_channels,
@@ -157,3 +157,10 @@ def _check_same_contract(separator: Separator, sources: list[str], sample_rate: 
             f"{separator.sources} at {separator.sample_rate} Hz x {separator.audio_channels}, expected {sources} at "
             f"{sample_rate} Hz x {audio_channels}"
         )
+
+
+def _member_config(separator: Separator) -> dict[str, Any]:
+    """A member's architecture for the blend's config: its class and its config, without diffusers' private entries
+    (``_name_or_path`` records where it was loaded from, a path of this machine)."""
+    config = {k: v for k, v in separator.config.items() if not k.startswith("_")}
+    return {"_class_name": type(separator).__name__, **config}
