@@ -129,6 +129,15 @@ def drive(page, out: Path, steps: int, train_overrides: str, adapter: str | None
     page.locator("#train-status").filter(has_text="finished").wait_for()
     shoot(page, out, "Train")
 
+    page.get_by_role("tab", name="Separate").click()
+    if page.locator("#separate-model input").input_value():  # a separator is listed (the shipped synth-sep)
+        page.get_by_label("a synth world clip (true stems known)").check()
+        set_number(page, "separate-seed", 7)
+        page.click("#separate-run")
+        page.locator("#separate-status").filter(has_text="stems in").wait_for()
+        page.locator("#separate-scores").filter(has_text="mean").wait_for()
+        shoot(page, out, "Separate")
+
     page.get_by_role("tab", name="Evaluate").click()
     page.fill("#eval-scales textarea, #eval-scales input", "1, 4")
     set_number(page, "eval-steps", min(steps, 10))
