@@ -84,11 +84,31 @@ class StudioAttnProcessor:
             The layer's output, shaped like ``hidden_states``.
         """
         residual = hidden_states
+        hidden_states, shape, context, mask = self.prepare(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb
+        )
+        out = self.branch(attn, attn, hidden_states, context, mask)
+        return self.finish(attn, out, shape, residual)
+
+    def prepare(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        temb: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor, torch.Tensor | None]:
+        """Norms and reshapes before the projections.
+
+        Returns:
+            ``(hidden (B, Lq, C), input shape, context (B, Lk, C_ctx), mask (B, heads, ·, Lk) or None)``; the
+            context is the (normed) text for cross-attention and ``hidden`` itself for self-attention.
+        """
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channels, height, width = hidden_states.shape
+        shape = tuple(hidden_states.shape)
+        if hidden_states.ndim == 4:
+            batch, channels, height, width = shape
             hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
         batch, seq_k = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape[:2]
         if attention_mask is not None:
@@ -96,14 +116,19 @@ class StudioAttnProcessor:
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
+        return hidden_states, shape, encoder_hidden_states, attention_mask
+
+    def branch(
+        self, attn: Any, proj: Any, hidden_states: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """One attention ``(B, Lq, C)`` with the projections ``proj.to_q/to_k/to_v/to_out`` (``attn``'s own, or a copy)
+        and ``attn``'s norms, heads and scale."""
+        batch = hidden_states.shape[0]
+        query, key, value = proj.to_q(hidden_states), proj.to_k(context), proj.to_v(context)
         head_dim = key.shape[-1] // attn.heads
         query = query.view(batch, -1, attn.heads, head_dim)
         key = key.view(batch, -1, attn.heads, head_dim)
@@ -112,13 +137,13 @@ class StudioAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
+        out = self.attend(query, key, value, mask, attn.scale).flatten(2, 3).to(query.dtype)
+        return proj.to_out[1](proj.to_out[0](out))  # linear, dropout
 
-        hidden_states = self.attend(query, key, value, attention_mask, attn.scale)
-        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)  # dropout
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
+    def finish(self, attn: Any, out: torch.Tensor, shape: tuple[int, ...], residual: torch.Tensor) -> torch.Tensor:
+        """Back to the input's layout, plus the residual and ``rescale_output_factor``."""
+        if len(shape) == 4:
+            out = out.transpose(-1, -2).reshape(shape)
         if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+            out = out + residual
+        return out / attn.rescale_output_factor
