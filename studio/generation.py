@@ -55,6 +55,8 @@ class Samples:
         sample_rate: the waveforms' rate in Hz (the pipeline's own; None for images).
         settings: how they were made (model, sampler settings, adapters), as ``manifest.json`` records them.
         seconds: wall time of sampling (loading excluded).
+        router_maps: with a MoA, per sample the personalised branch's router weight ``(H, W)`` in [0, 1],
+            averaged over layers and sampler steps (where the subject went); None otherwise.
     """
 
     data: list[np.ndarray]
@@ -64,6 +66,7 @@ class Samples:
     sample_rate: int | None
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    router_maps: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.data)
@@ -76,6 +79,7 @@ class Samples:
             prompts=self.prompts + other.prompts,
             seeds=self.seeds + other.seeds,
             seconds=self.seconds + other.seconds,
+            router_maps=None if self.router_maps is None else self.router_maps + (other.router_maps or []),
         )
 
 
@@ -105,6 +109,9 @@ def generate(
     name: str | None = None,
     attention: str | None = None,
     base_model_id: str | None = None,
+    moa: Any = None,
+    subject: np.ndarray | str | Path | None = None,
+    moa_strength: float = 1.0,
 ) -> Samples:
     """Sample ``num_per_prompt`` images or clips for each prompt.
 
@@ -127,6 +134,11 @@ def generate(
             here by name is checked against that name).
         attention: send the UNet's attention through this backend of ``studio.attention.BACKENDS`` (it stays
             set on a pipeline passed in); None leaves the model's processors as they are.
+        moa: a mixture-of-attention model (``studio.attention.moa.MoA`` or its run folder / file) for this call;
+            prompts mark the subject with ``sks`` before its class word (``"a sks shape on navy"``).
+        subject: the subject's reference image (an array or an image file at the model's size) for an
+            encoder-mode MoA.
+        moa_strength: the personalised branch's strength (0: exactly the base model, 1: as trained).
 
     Returns:
         :class:`Samples`; each sample's noise depends only on its own seed, so batching changes nothing.
@@ -168,16 +180,23 @@ def generate(
         kwargs["callback_on_step_end"] = _step_counter(progress, len(texts) * num_inference_steps)
     data: list[np.ndarray] = []
     start = time.perf_counter()
-    with swap, applied_adapters(pipe.unet, adapters, base_model_id=base_model_id):
+    with swap, applied_adapters(pipe.unet, adapters, base_model_id=base_model_id), _moa(pipe, moa) as mixture:
+        sampling = None if mixture is None else _subject_sampling(mixture, pipe, texts, subject, moa_strength)
+        sampled_texts = texts if sampling is None else sampling.texts  # without the identifier
         for b in range(0, len(texts), batch_size):
             generators = [torch.Generator().manual_seed(s) for s in jobs_seeds[b : b + batch_size]]
-            out = pipe(prompt=texts[b : b + batch_size], generator=generators, **kwargs)
+            stop = min(b + batch_size, len(texts))
+            with contextlib.nullcontext() if sampling is None else sampling.batch(b, stop):
+                out = pipe(prompt=sampled_texts[b:stop], generator=generators, **kwargs)
             raw = out.images if modality == "image" else out.audios
             check_finite(raw, f"sampling {texts[b]!r} (seed {jobs_seeds[b]})", NON_FINITE_SAMPLES)
             data += list(to_uint8(raw)) if modality == "image" else list(raw)
     settings = _settings(name, kwargs, scheduler, jobs_seeds[0] if jobs_seeds else seed, num_per_prompt, adapters)
     if attention is not None:
         settings["attention"] = attention
+    if mixture is not None:
+        settings["moa"] = str(moa) if isinstance(moa, (str, Path)) else "in memory"
+        settings["moa_strength"] = float(moa_strength)
     return Samples(
         data=data,
         prompts=texts,
@@ -186,13 +205,39 @@ def generate(
         sample_rate=pipe.sample_rate if modality == "audio" else None,
         settings=settings,
         seconds=time.perf_counter() - start,
+        router_maps=sampling.maps if sampling else None,
     )
+
+
+@contextlib.contextmanager
+def _moa(pipe: Any, moa: Any) -> Iterator[Any]:
+    """Context: the MoA (loaded and checked against ``pipe.unet`` if a path) installed on the UNet, or None."""
+    if moa is None:
+        yield None
+        return
+    from studio.attention.moa import MoA
+
+    if hasattr(pipe, "codec"):
+        raise ValueError("--moa personalises image models; this is a music model")
+    mixture = moa if isinstance(moa, MoA) else MoA.load(moa, pipe.unet)
+    with mixture.applied(pipe.unet):
+        yield mixture
+
+
+def _subject_sampling(mixture: Any, pipe: Any, texts: list[str], subject: Any, strength: float) -> Any:
+    from studio.attention.moa import SubjectSampling
+    from studio.io import read_image
+
+    if isinstance(subject, (str, Path)):
+        subject = read_image(subject, pipe.default_size)
+    return SubjectSampling(mixture, pipe, texts, subject, strength)
 
 
 def write_samples(
     samples: Samples, out: str | Path, *, world: str, meta: dict[str, Any] | None = None, force: bool = False
 ) -> Path:
-    """Write one file per sample, ``grid.png`` and ``manifest.json`` (what ``mixstudio eval`` reads) to ``out``.
+    """Write one file per sample, ``grid.png`` and ``manifest.json`` (what ``mixstudio eval`` reads) to ``out``;
+    with MoA router maps, also ``router/NNNN.png`` (each sample with its map over it) and ``router_grid.png``.
 
     The folder is built in a temporary sibling and moved into place, so ``out`` is never half-written.
 
@@ -217,6 +262,14 @@ def write_samples(
             items.append(ManifestItem(file=name, prompt=prompt, seed=seed))
         grid = image_grid(samples.data[:64]) if image else spectrogram_grid(samples.data[:16], samples.sample_rate)
         write_png(tmp / "grid.png", grid)
+        if samples.router_maps is not None:
+            from studio.attention.moa import overlay
+
+            (tmp / "router").mkdir()
+            overlays = [overlay(d, m) for d, m in zip(samples.data, samples.router_maps, strict=True)]
+            for i, picture in enumerate(overlays):
+                write_png(tmp / "router" / f"{i:04d}.png", picture)
+            write_png(tmp / "router_grid.png", image_grid(overlays[:64]))
         meta = {"source": "generate", **samples.settings} if meta is None else meta
         write_manifest(tmp, Manifest(world=world, modality=samples.modality, items=items, meta=meta))
     return Path(out)

@@ -49,6 +49,17 @@ class AdapterInfo:
     modality: Modality
 
 
+@dataclass
+class MoAInfo:
+    """A mixture-of-attention run under ``runs/`` (its ``moa.safetensors``): ``name`` as shown in pickers, the listed
+    ``base`` model it was trained on, ``mode`` (``encoder``: takes a reference image; ``subject``: has its own)."""
+
+    name: str
+    path: Path
+    mode: str
+    base: str
+
+
 class ModelCatalog:
     """Lists, resolves and loads (with an LRU cache) the models of an app.
 
@@ -130,6 +141,43 @@ class ModelCatalog:
             name = "runs/" + path.relative_to(self.runs_dir).as_posix()
             found.append(AdapterInfo(name, path, header["method"], model.name, model.modality))
         return found
+
+    def list_moa(self, base: str | None = None) -> list[MoAInfo]:
+        """Mixture-of-attention runs (``runs/*/moa.safetensors``, ``runs/*/*/moa.safetensors``) of listed models.
+
+        Args:
+            base: only the runs trained on this listed model.
+        """
+        from studio.attention.moa import FILE, read_moa_settings
+
+        if not self.runs_dir.is_dir():
+            return []
+        models, found = self.list("image"), []
+        for path in sorted([*self.runs_dir.glob(f"*/{FILE}"), *self.runs_dir.glob(f"*/*/{FILE}")]):
+            try:
+                settings = read_moa_settings(path)
+            except ValueError:
+                continue
+            model = _model_named(models, settings.base)
+            if model is None or (base is not None and model.name != base):
+                continue
+            found.append(MoAInfo("runs/" + path.parent.relative_to(self.runs_dir).as_posix(), path, settings.mode,
+                                 model.name))  # fmt: skip
+        return found
+
+    def resolve_moa(self, name: str, model: str) -> MoAInfo:
+        """The listed MoA run called ``name``, trained on the listed model ``model``.
+
+        Raises:
+            ValueError: for an unknown run or one of another base model.
+        """
+        runs = self.list_moa()
+        info = next((m for m in runs if m.name == name), None)
+        if info is None:
+            raise ValueError(f"unknown MoA run {name!r}; pick one of {[m.name for m in runs]} (refresh the lists)")
+        if info.base != model:
+            raise ValueError(f"MoA run {name!r} was trained on {info.base!r}, not {model!r}; pick that model")
+        return info
 
     def resolve_adapter(self, adapter: str) -> AdapterInfo:
         """The listed adapter called ``adapter``.

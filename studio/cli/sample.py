@@ -35,6 +35,13 @@ def add_world(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="shapes only: render the personalisation concept (an orange crescent the world never shows) instead",
     )
+    world.add_argument(
+        "--subject",
+        default=None,
+        metavar="NAME",
+        help="shapes only: render one subject of the MoA family (e.g. heart-stripes-red-yellow, drop-solid-blue) in "
+        "--n contexts, with masks/ and reference/reference.png; `held-out:K` picks the K-th held-out subject",
+    )
     add_out(world, "output folder (replaced atomically)")
 
 
@@ -47,8 +54,13 @@ def cmd_world(args: argparse.Namespace) -> int:
     world = get_world(args.name)
     check_seed("--seed", args.seed)
     check_output_dir(args.out, force=args.force)
-    if args.concept:
-        return write_concept(args)
+    if args.concept or args.subject is not None:
+        if args.name != "shapes" or args.per_prompt is not None or (args.concept and args.subject is not None):
+            raise ValueError(
+                "--concept renders a shapes concept and --subject a shapes subject: `mixstudio world shapes "
+                "--concept` or `mixstudio world shapes --subject NAME` (one of them, no --per-prompt)"
+            )
+        return write_concept(args) if args.concept else write_subject(args)
     samples = draw_samples(world, args.n, args.seed, args.per_prompt)
     meta = {"source": "world", "seed": args.seed, "per_prompt": args.per_prompt}
     out = export_samples(world, samples, args.out, meta, force=args.force)
@@ -59,12 +71,24 @@ def cmd_world(args: argparse.Namespace) -> int:
 def write_concept(args: argparse.Namespace) -> int:
     from studio.worlds.concept import write_concept as write_images
 
-    if args.name != "shapes" or args.per_prompt is not None:
-        raise ValueError("--concept renders a shapes concept: `mixstudio world shapes --concept` (no --per-prompt)")
     files = write_images(args.out, args.n, args.seed, force=args.force)
     print(
         f"wrote {len(files)} concept images to {args.out}; teach them with "
         f"`mixstudio train finetune --set data.dir={args.out}`"
+    )
+    return 0
+
+
+def write_subject(args: argparse.Namespace) -> int:
+    from studio.worlds.concept import subject_by_name, write_subject_folder
+
+    subject = subject_by_name(args.subject)
+    files = write_subject_folder(args.out, subject, args.n, args.seed, force=args.force)
+    print(
+        f"wrote {len(files)} images of {subject.name} (masks/ beside them, reference/reference.png) to {args.out}; "
+        f"personalise with `mixstudio train moa-shapes --set mode=subject --set data.dir={args.out}` or use the "
+        f'reference with `mixstudio generate image "a sks shape" --moa RUN '
+        f"--subject {args.out}/reference/reference.png`"
     )
     return 0
 
@@ -108,6 +132,21 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="adapter strength (1 = as trained): one for every --adapter, or one per --adapter in order",
     )
+    gen.add_argument(
+        "--moa",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="images: a mixture-of-attention run (`mixstudio train moa-shapes`); mark the subject in the prompt "
+        'with sks before its class word, e.g. "a sks shape on a navy background"',
+    )
+    gen.add_argument("--subject", type=Path, default=None, help="with --moa: the subject's reference image (PNG)")
+    gen.add_argument(
+        "--moa-strength",
+        type=float,
+        default=1.0,
+        help="with --moa: personalised branch strength (0 = base, 1 = as trained)",
+    )
     add_stems_flags(gen)
     add_out(gen, "output folder (replaced atomically)")
 
@@ -142,9 +181,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     total = len(prompts) * args.n
     if not 1 <= total <= MAX_SAMPLES:
         raise ValueError(f"-n gives {total} samples; allowed 1 to {MAX_SAMPLES}")
+    moa = check_moa_flags(args, modality)
     pipe = load_pipeline(model, modality, scheduler=args.scheduler)
     if args.length is not None and (error := pipe.length_error(args.length)) is not None:
         raise ValueError(f"--length {error}")
+    if moa is not None:
+        moa = moa_for(moa, pipe, args.subject)
     with progress_bar(f"generate {args.modality}", not args.quiet) as bar:
         samples = generate(
             pipe,
@@ -163,8 +205,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             attention=args.attention,
             name=model,
             base_model_id=model,
+            moa=moa,
+            subject=args.subject,
+            moa_strength=args.moa_strength,
         )
     samples.settings["scheduler"] = args.scheduler or "saved"
+    if moa is not None:
+        samples.settings["moa"] = str(args.moa)
     write_samples(samples, args.out, world=world, force=args.force)
     print(f"wrote {len(samples)} {args.modality} samples, grid.png and manifest.json to {args.out}")
     return 0
@@ -214,6 +261,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(report.table())
     print(f"wrote {args.out}/sweep.md, sweep.json, sweep.png and one folder per guidance scale")
     return 0
+
+
+def check_moa_flags(args: argparse.Namespace, modality: str) -> Path | None:
+    """``--moa`` (checked: an image model, a readable MoA file), or None; refuses MoA flags without ``--moa``."""
+    from studio.attention.moa import resolve_file
+    from studio.checks import check_number
+
+    if args.moa is None:
+        if args.subject is not None or args.moa_strength != 1.0:
+            raise ValueError("--subject and --moa-strength go with --moa RUN (a mixture-of-attention run)")
+        return None
+    if modality != "image":
+        raise ValueError("--moa personalises image models; generate image ... --moa RUN")
+    check_number("--moa-strength", args.moa_strength, 0, 10)
+    resolve_file(args.moa)
+    if args.subject is not None and not args.subject.is_file():
+        raise ValueError(f"--subject {str(args.subject)!r} is not a file; pass the subject's reference PNG")
+    return args.moa
+
+
+def moa_for(path: Path, pipe, subject: Path | None):
+    """The MoA at ``path`` checked against ``pipe``'s UNet, and that ``--subject`` is there when it needs one."""
+    from studio.attention.moa import MoA
+
+    moa = MoA.load(path, pipe.unet)
+    if moa.settings.mode == "encoder" and subject is None:
+        raise ValueError(f"--moa {str(path)!r} takes its subject from a reference image: add --subject REF.png")
+    if moa.settings.mode == "subject" and subject is not None:
+        raise ValueError(f"--moa {str(path)!r} was trained on one subject; drop --subject (it has its own)")
+    return moa
 
 
 def adapter_flags(paths: list[Path], scales: list[float]) -> list[tuple[Path, float]]:

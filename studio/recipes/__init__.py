@@ -13,6 +13,7 @@ from studio.trainers.base import Trainer
 from studio.trainers.cfg_distill import CFGDistillConfig, CFGDistillTrainer
 from studio.trainers.ddpo import DDPOConfig, DDPOTrainer
 from studio.trainers.finetune import FinetuneConfig, FinetuneTrainer
+from studio.trainers.moa import MoAConfig, MoATrainer
 from studio.trainers.msdm import MSDMConfig, MSDMTrainer
 from studio.trainers.musicgen_distill import MusicgenDistillConfig, MusicgenDistillTrainer
 from studio.trainers.pretrain import PretrainConfig, PretrainTrainer
@@ -30,6 +31,7 @@ TRAINERS: dict[type, type[Trainer]] = {
     SeparateConfig: SeparateTrainer,
     DDPOConfig: DDPOTrainer,
     MSDMConfig: MSDMTrainer,
+    MoAConfig: MoATrainer,
 }
 
 
@@ -417,6 +419,26 @@ def msdm_synth() -> MSDMConfig:
     )
 
 
+def moa_shapes() -> MoAConfig:
+    """Mixture-of-attention on the embedded ``shapes`` model, encoder mode: many procedural subjects, each from one
+    reference image (``studio.worlds.concept``); held-out subjects then need no training.
+
+    ``--set mode=subject --set data.dir=subject/`` trains one subject's branches instead (``mixstudio world shapes
+    --subject NAME`` writes its images and masks); ``--set init=runs/moa-shapes`` starts it from the encoder run.
+    """
+    return MoAConfig(
+        out=Path("runs/moa-shapes"),
+        max_steps=100_000,
+        max_minutes=45,
+        batch_size=16,
+        lr=3e-4,
+        lr_warmup_steps=50,
+        checkpoint_every=250,
+        sample_every=500,
+        log_every=25,
+    )
+
+
 #: The one place a recipe name maps to the function that builds its config.
 RECIPES: dict[str, Callable[[], Any]] = {
     **{f"judge-{world}-{role}": _judge(world, role) for world in ("shapes", "synth") for role in ("reward", "eval")},
@@ -438,6 +460,7 @@ RECIPES: dict[str, Callable[[], Any]] = {
     "separate-synth": separate_synth,
     "separate-synth-hdemucs": separate_synth_hdemucs,
     "msdm-synth": msdm_synth,
+    "moa-shapes": moa_shapes,
 }
 
 
