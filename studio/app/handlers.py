@@ -142,10 +142,11 @@ class Handlers:
         return gr.Dropdown(choices=choices, value=value)
 
     def models_table(self) -> pd.DataFrame:
-        """Listed models, then the adapters found under ``runs/``, as a table."""
+        """Listed models, then the adapters and mixture-of-attention runs found under ``runs/``, as a table."""
         rows = [(m.name, m.modality, m.kind, m.source) for m in self.studio.list_models()]
         adapters = self.studio.list_adapters()
         rows += [(a.name, a.modality, f"{a.method} adapter of {a.base}", str(a.path)) for a in adapters]
+        rows += [(m.name, "image", f"MoA ({m.mode}) of {m.base}", str(m.path)) for m in self.studio.list_moa()]
         return pd.DataFrame(rows, columns=["name", "modality", "kind", "source"])
 
     @boundary
@@ -157,12 +158,26 @@ class Handlers:
         return f"Imported `{info.name}` ({info.modality})."
 
     # ---- image and music -------------------------------------------------------------------------
+    def moa_choices(self, model: str | None) -> list[tuple[str, str]]:
+        """MoA picker choices for ``model``: ``none`` first, then its mixture-of-attention runs under ``runs/``."""
+        runs = self.studio.list_moa(model) if model else []
+        kinds = {"encoder": "any subject (upload a picture)", "subject": "its own subject"}
+        return [("none", NO_ADAPTER)] + [(f"{m.name} · {kinds.get(m.mode, m.mode)}", m.name) for m in runs]
+
+    def moa_dropdown(self, model: str | None, current: str | None = NO_ADAPTER) -> gr.Dropdown:
+        """The MoA picker for ``model``, keeping ``current`` when it still applies."""
+        choices = self.moa_choices(model)
+        value = current if current in [v for _, v in choices] else NO_ADAPTER
+        return gr.Dropdown(choices=choices, value=value)
+
     @boundary
     def generate_image(
         self, model, prompt, negative, steps, guidance, seed, count, scheduler, adapter=NO_ADAPTER, strength=1.0,
-        rescale=0.0, guided_below=1.0, progress=PROGRESS,
+        rescale=0.0, guided_below=1.0, moa=NO_ADAPTER, subject=None, moa_strength=1.0, show_router=True,
+        progress=PROGRESS,
     ) -> tuple[list[tuple[str, str]], str, str]:  # fmt: skip
-        """Image tab: returns gallery items, the manifest path and a status line."""
+        """Image tab: returns gallery items (each image, then its router map when a MoA run is picked and
+        ``show_router``), the manifest path and a status line."""
         result = self.studio.generate_image(
             model,
             prompt,
@@ -176,11 +191,19 @@ class Handlers:
             adapter_scale=number("adapter strength", strength),
             guidance_rescale=number("guidance rescale", rescale),
             guidance_interval=(0.0, number("guided noise levels", guided_below)),
+            moa=moa or None,
+            subject=subject if moa else None,
+            moa_strength=number("MoA strength", moa_strength),
             progress=_reporter(progress),
         )
         seed0 = whole("seed", seed)
-        gallery = [(str(path), f"seed {seed0 + k}") for k, path in enumerate(result.files)]
-        return gallery, str(result.manifest), f"{len(result.files)} image(s) in `{result.folder.name}`"
+        gallery = []
+        for k, path in enumerate(result.files):
+            gallery.append((str(path), f"seed {seed0 + k}"))
+            if show_router and result.router_files:
+                gallery.append((str(result.router_files[k]), f"seed {seed0 + k} · router (magenta: subject branch)"))
+        note = "; router maps in `router/`" if result.router_files else ""
+        return gallery, str(result.manifest), f"{len(result.files)} image(s) in `{result.folder.name}`{note}"
 
     @boundary
     def generate_music(

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from studio.checks import check_choice, check_interval, check_number
 
 MAX_IMAGES = 16
@@ -194,3 +196,35 @@ def check_training_overrides(
                 raise ValueError(f"{key}={value} is over the app's limit of {limit:g}; run bigger jobs with the CLI")
         checked.append(f"{key}={value}")
     return checked
+
+
+def fit_subject(image: object, size: int) -> np.ndarray:
+    """An uploaded subject picture as the ``(size, size, 3)`` uint8 reference a MoA reads: grey or RGBA made RGB
+    (transparency over mid-grey, the references' background), the centre square cropped and resized.
+
+    Raises:
+        ValueError: for something that is not an image array.
+    """
+    from PIL import Image
+
+    array = np.asarray(image) if image is not None else None
+    if array is None or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        shape = None if array is None else array.shape
+        raise ValueError(f"subject image of shape {shape} is not a picture; upload a PNG or JPEG of the subject")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+            raise ValueError("subject image holds values that are not finite numbers; upload a PNG or JPEG")
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+        array = np.clip(np.rint(array.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    if array.ndim == 2 or array.shape[2] == 1:
+        array = np.repeat(array.reshape(*array.shape[:2], 1), 3, axis=2)
+    if array.shape[2] == 4:
+        alpha = array[..., 3:].astype(np.float32) / 255
+        array = np.rint(array[..., :3] * alpha + 128 * (1 - alpha)).astype(np.uint8)
+    h, w = array.shape[:2]
+    if min(h, w) < 8:
+        raise ValueError(f"subject image is {w}x{h} pixels; upload one at least 8 pixels on each side")
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = Image.fromarray(np.ascontiguousarray(array[top : top + side, left : left + side]))
+    return np.asarray(square.resize((size, size), Image.Resampling.LANCZOS))

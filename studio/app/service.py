@@ -9,6 +9,7 @@ working folder::
       outputs/music/<stamp>/   0000.wav ..., grid.png, manifest.json   (generate_music)
       runs/<name>/             trained, merged and imported pipelines    (list_models scans here)
       runs/<name>/*.safetensors  adapters of finetune runs               (list_adapters scans here)
+      runs/<name>/moa.safetensors  mixture-of-attention runs             (list_moa scans here)
       evals/<stamp>/           guidance sweeps                          (evaluate)
       logs/<name>.log          training process output
 """
@@ -45,12 +46,13 @@ from studio.app.inputs import (
     check_scales,
     check_scheduler,
     check_training_overrides,
+    fit_subject,
     parse_overrides,
     parse_scales,
     steps_reporter,
 )
 from studio.app.merge import MergeActions, MergePreview  # noqa: F401 (the service's result types)
-from studio.app.models import AdapterInfo, ModelCatalog, ModelInfo
+from studio.app.models import AdapterInfo, MoAInfo, ModelCatalog, ModelInfo
 from studio.app.separate import SeparateActions, Separation  # noqa: F401
 from studio.app.training import TrainingJob, TrainingStatus, train_argv
 from studio.app.uploads import MAX_UPLOAD_BYTES, import_pipeline_zip
@@ -72,6 +74,8 @@ class Generation:
         samples: images ``(H, W, 3)`` uint8 or waveforms ``(T,)`` float32.
         spectrograms: per clip, an ``(H, F, 3)`` uint8 spectrogram (music only).
         sample_rate: audio sample rate (music only).
+        router_files: with a MoA, per image the router map over it (``router/NNNN.png``: magenta where the
+            personalised branch drew); empty otherwise.
     """
 
     folder: Path
@@ -79,6 +83,7 @@ class Generation:
     samples: list[np.ndarray]
     spectrograms: list[np.ndarray]
     sample_rate: int | None
+    router_files: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def manifest(self) -> Path:
@@ -157,6 +162,10 @@ class Studio(MergeActions, SeparateActions):
         """Adapter files under ``runs/`` whose base model is listed (only those of ``model`` if given)."""
         return self.models.list_adapters(model)
 
+    def list_moa(self, model: str | None = None) -> list[MoAInfo]:
+        """Mixture-of-attention runs under ``runs/`` whose base model is listed (only those of ``model`` if given)."""
+        return self.models.list_moa(model)
+
     def resolve(self, model: str, modality: Modality | None = None) -> ModelInfo:
         """The listed model called ``model`` (only listed models load: no arbitrary paths from the browser).
 
@@ -186,6 +195,9 @@ class Studio(MergeActions, SeparateActions):
         adapter_scale: float = 1.0,
         guidance_rescale: float = 0.0,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
+        moa: str | None = None,
+        subject: np.ndarray | None = None,
+        moa_strength: float = 1.0,
         progress: Progress | None = None,
     ) -> Generation:
         """Generate ``count`` images for ``prompt`` into ``outputs/image/<stamp>/`` (sample ``k`` uses ``seed + k``).
@@ -194,16 +206,41 @@ class Studio(MergeActions, SeparateActions):
             adapter: a listed adapter of ``model`` to sample with (None: the model alone).
             adapter_scale: its strength; orthogonal adapters stay rotations at every strength.
             guidance_rescale, guidance_interval: see :class:`studio.guidance.Guidance` (defaults: off, every step).
+            moa: a listed mixture-of-attention run of ``model`` (None: none); the prompt marks the subject with
+                ``sks`` before its class word, and the result carries router maps (:attr:`Generation.router_files`).
+            subject: the subject's picture (any size, cropped and resized) for a MoA run that reads one.
+            moa_strength: the personalised branch's strength (0: the base model, 1: as trained).
 
         Raises:
-            ValueError: for an unknown or non-image model, an adapter of another model, an empty or too long
-                prompt, or settings out of range.
+            ValueError: for an unknown or non-image model, an adapter or MoA run of another model, an empty or
+                too long prompt, a MoA prompt without its identifier, a missing or surplus subject picture, or
+                settings out of range.
         """
         return self._generate(
             "image", model, prompt, count, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
             seed=seed, scheduler=scheduler, length_s=None, adapter=adapter, adapter_scale=adapter_scale,
             guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, progress=progress,
+            personalise=self._personalisation(model, prompt, moa, subject, moa_strength) if moa else {},
         )  # fmt: skip
+
+    def _personalisation(self, model: str, prompt: str, moa: str, subject: object, strength: float) -> dict:
+        """``studio.generate``'s MoA arguments for the listed run ``moa`` of ``model``, checked."""
+        from studio.attention.moa import IDENTIFIER, check_strength, split_prompt
+
+        info = self.models.resolve_moa(moa, self.resolve(model, "image").name)
+        check_strength(strength)
+        if split_prompt(prompt).start is None:
+            raise ValueError(
+                f"prompt {prompt!r} does not name the subject: put {IDENTIFIER!r} before its class word, "
+                f"e.g. 'a {IDENTIFIER} shape on a navy background', or pick MoA none"
+            )
+        if info.mode == "encoder" and subject is None:
+            raise ValueError(f"MoA run {moa!r} reads the subject from a picture: upload one, or pick MoA none")
+        if info.mode == "subject" and subject is not None:
+            raise ValueError(f"MoA run {moa!r} was trained on one subject of its own; clear the subject picture")
+        size = self.models.pipeline(model).default_size
+        picture = None if subject is None else fit_subject(subject, size)
+        return {"moa": info.path, "subject": picture, "moa_strength": float(strength)}
 
     def generate_music(
         self,
@@ -240,7 +277,7 @@ class Studio(MergeActions, SeparateActions):
 
     def _generate(
         self, modality: Modality, model: str, prompt: str, count: int, *, negative_prompt, steps, guidance, seed,
-        scheduler, length_s, adapter, adapter_scale, guidance_rescale, guidance_interval, progress,
+        scheduler, length_s, adapter, adapter_scale, guidance_rescale, guidance_interval, progress, personalise=None,
     ) -> Generation:  # fmt: skip
         info = self.resolve(model, modality)
         adapters = [] if not adapter else [(self._adapter_of(adapter, info.name).path, adapter_scale)]
@@ -270,6 +307,7 @@ class Studio(MergeActions, SeparateActions):
                 adapters=adapters,
                 progress=steps_reporter(progress, f"sampling {count} x {steps} steps"),
                 name=info.source,
+                **(personalise or {}),
             )
         samples.settings |= {"scheduler": scheduler or "saved"}
         folder = studio.write_samples(samples, out, world=studio.model_world(info.source, modality))
@@ -277,9 +315,11 @@ class Studio(MergeActions, SeparateActions):
         files = [folder / f"{i:04d}{suffix}" for i in range(count)]
         rate = samples.sample_rate
         spectrograms = [studio.spectrogram_image(s, rate) for s in samples.data] if rate else []
+        router = [folder / "router" / f"{i:04d}.png" for i in range(count)] if samples.router_maps else []
         return Generation(
-            folder=folder, files=files, samples=samples.data, spectrograms=spectrograms, sample_rate=rate
-        )
+            folder=folder, files=files, samples=samples.data, spectrograms=spectrograms, sample_rate=rate,
+            router_files=router,
+        )  # fmt: skip
 
     # ---- training ------------------------------------------------------------------------------
     @staticmethod

@@ -59,7 +59,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         _settings(h, studio)
         with gr.Tabs():
             with gr.Tab("Image", id="image"):
-                image_model, image_adapter = _image_tab(h)
+                image_model, image_adapter, image_moa = _image_tab(h)
             with gr.Tab("Music", id="music"):
                 music_model, music_adapter = _music_tab(h)
             with gr.Tab("Merge", id="merge"):
@@ -74,17 +74,22 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 table, refresh, imported = _models_tab(h)
         pickers = [(image_model, "image"), (music_model, "audio"), *((m, "merge") for m in merge_models)]
         pickers.append((eval_model, None))
-        adapter_pickers = [(image_adapter, image_model), (music_adapter, music_model)]
+        # pickers that follow a model: (picker, its model picker, what rebuilds it)
+        adapter_pickers = [
+            (image_adapter, image_model, h.adapter_dropdown),
+            (music_adapter, music_model, h.adapter_dropdown),
+        ]
+        adapter_pickers.append((image_moa, image_model, h.moa_dropdown))
 
         def refresh_all(*current):
             picked, adapters = current[: len(pickers)], current[len(pickers) :]
             models = [h.dropdown(value, kind) for value, (_, kind) in zip(picked, pickers, strict=True)]
             shown = {id(d): h.kept(value, kind) for value, (d, kind) in zip(picked, pickers, strict=True)}
-            for value, (_, model) in zip(adapters, adapter_pickers, strict=True):
-                models.append(h.adapter_dropdown(shown[id(model)], value))
+            for value, (_, model, rebuild) in zip(adapters, adapter_pickers, strict=True):
+                models.append(rebuild(shown[id(model)], value))
             return [*models, h.models_table()]
 
-        dropdowns = [d for d, _ in pickers] + [a for a, _ in adapter_pickers]
+        dropdowns = [d for d, _ in pickers] + [a for a, _, _ in adapter_pickers]
         refresh.click(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)
         demo.load(refresh_all, dropdowns, [*dropdowns, table], **LIGHT)
         for event in (saved, imported):  # a new model appears in every picker
@@ -159,11 +164,36 @@ def _adapter_controls(h: Handlers, model: gr.Dropdown, prefix: str) -> tuple[gr.
     return adapter, strength
 
 
-def _image_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown]:
+def _moa_controls(h: Handlers, model: gr.Dropdown) -> tuple[gr.Dropdown, gr.Image, gr.Slider, gr.Checkbox]:
+    """The personalisation accordion: a mixture-of-attention run of ``model``, the subject's picture, the
+    personalised branch's strength and whether to show where its router sent the subject."""
+    with gr.Accordion("Personalise (mixture of attention)", open=False):
+        gr.Markdown(
+            "Mark the subject in the prompt with `sks` before its class word (*a sks shape on a navy background*); "
+            "the rest of the prompt and the layout stay the base model's."
+        )
+        with gr.Row():
+            moa = gr.Dropdown(h.moa_choices(model.value), value="", label="MoA run (from runs/)", elem_id="image-moa")
+            strength = gr.Slider(
+                0, 3, value=1.0, step=0.05, elem_id="image-moa-strength",
+                label="personalisation strength (0 = the base model)",
+            )  # fmt: skip
+        with gr.Row():
+            subject = gr.Image(
+                label="subject picture (for runs that read one; cropped to a square)", type="numpy",
+                image_mode="RGB", sources=["upload", "clipboard"], height=160, elem_id="image-subject",
+            )  # fmt: skip
+            router = gr.Checkbox(value=True, label="show router maps", elem_id="image-router")
+    model.change(h.moa_dropdown, [model, moa], moa, **LIGHT)
+    return moa, subject, strength, router
+
+
+def _image_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown, gr.Dropdown]:
     with gr.Row():
         with gr.Column():
             model = _model_picker(h, "image", elem_id="image-model")
             adapter, strength = _adapter_controls(h, model, "image")
+            moa, subject, moa_strength, router = _moa_controls(h, model)
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="prompt", lines=2, elem_id="image-prompt")
             negative = gr.Textbox(label="negative prompt", placeholder="optional")
             steps, guidance, seed = _sampling_controls("image")
@@ -177,10 +207,10 @@ def _image_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown]:
             status = gr.Markdown(elem_id="image-status")
             manifest = gr.File(label="manifest.json")
     inputs = [model, prompt, negative, steps, guidance, seed, count, scheduler, adapter, strength]
-    inputs += [rescale, guided_below]
+    inputs += [rescale, guided_below, moa, subject, moa_strength, router]
     button.click(h.generate_image, inputs, [gallery, manifest, status], **HEAVY)
     prompt.submit(h.generate_image, inputs, [gallery, manifest, status], **HEAVY)
-    return model, adapter
+    return model, adapter, moa
 
 
 def _music_tab(h: Handlers) -> tuple[gr.Dropdown, gr.Dropdown]:
@@ -356,7 +386,7 @@ def _evaluate_tab(h: Handlers) -> gr.Dropdown:
 
 
 def _models_tab(h: Handlers) -> tuple[gr.Dataframe, gr.Button, gr.events.Dependency]:
-    table = gr.Dataframe(value=h.models_table(), label="models", interactive=False)
+    table = gr.Dataframe(value=h.models_table(), label="models", interactive=False, elem_id="models-table")
     refresh = gr.Button("Refresh model lists", elem_id="models-refresh")
     limit = MAX_UPLOAD_BYTES >> 20
     gr.Markdown(f"Import a pipeline folder as a .zip (safetensors and JSON files only, at most {limit} MB).")

@@ -657,7 +657,7 @@ class SubjectSampling:
         self.size = (pipe.default_size, pipe.default_size)
         reference = None
         if subject is not None:
-            reference = torch.from_numpy(np.ascontiguousarray(subject)).permute(2, 0, 1)[None].float() / 127.5 - 1
+            reference = torch.from_numpy(np.array(subject, copy=True)).permute(2, 0, 1)[None].float() / 127.5 - 1
         with torch.no_grad():
             self.embedding = moa.encode_subject(reference, count=1)[:1]
         self.maps: list[np.ndarray] = []

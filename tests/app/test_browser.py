@@ -1,5 +1,6 @@
 """End to end in a real browser: generate, move a merge slider, see an error toast, and generate again; a
-finished training run shows up in the model pickers without a reload.
+finished training run shows up in the model pickers without a reload; personalise with an uploaded subject
+picture and see the router maps; separate an uploaded song.
 
 Runs in the default suite; skips (saying why) without the Debian ``chromium`` package or the ``playwright``
 Python package. The server runs in this process on a free port with tiny random models in its workdir.
@@ -18,6 +19,7 @@ if not CHROMIUM.is_file():
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser test needs playwright (pip install playwright)")
 
 from studio.app.ui import launch  # noqa: E402
+from tests.app.test_moa_app import make_moa  # noqa: E402
 from tests.app.test_separate_tab import tiny_separator  # noqa: E402
 
 TIMEOUT_MS = 60_000
@@ -39,6 +41,7 @@ def server(tmp_path_factory, model_store):
         (workdir / "runs").mkdir(parents=True, exist_ok=True)
         (workdir / "runs" / name).symlink_to(model_store / name, target_is_directory=True)
     tiny_separator(workdir / "runs" / "sep" / "model")
+    make_moa(workdir, "a", "moa-a")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MIXSTUDIO_ASSETS", str(root / "assets"))  # only the tiny models are listed
         patch.setenv("GRADIO_TEMP_DIR", str(workdir / ".gradio"))  # launch sets it; restored afterwards
@@ -66,6 +69,18 @@ def set_slider_number(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose ``option`` in dropdown ``elem_id``, again if the page's first refresh (which rebuilds the pickers
+    with the values they had when the page loaded) lands after the choice."""
+    for _ in range(10):
+        page.locator(f"#{elem_id} input").click()
+        page.get_by_role("option").filter(has_text=option).first.click()
+        page.wait_for_timeout(1000)
+        if option in page.locator(f"#{elem_id} input").input_value():
+            return
+    raise AssertionError(f"dropdown {elem_id} did not keep {option!r}")
 
 
 def generate_and_wait(page, previous: str = "") -> str:
@@ -154,3 +169,26 @@ def test_upload_a_file_separate_it_and_hear_three_stems(server, page, tmp_path):
     assert not page.locator("#separate-stem-3").is_visible()
     assert len(list((workdir / "separations").glob("*/*.wav"))) == 4  # input.wav and three stems
     page.screenshot(path=str(tmp_path / "separate.png"), full_page=True)
+
+
+def test_personalise_with_an_uploaded_subject_and_see_router_maps(server, page, tmp_path):
+    from PIL import Image
+
+    from tests.app.test_moa_app import subject_picture
+
+    _, workdir, _ = server
+    picture = tmp_path / "subject.png"
+    Image.fromarray(subject_picture()).save(picture)
+    page.get_by_role("tab", name="Image").click()
+    page.get_by_text("Personalise (mixture of attention)").click()
+    pick(page, "image-moa", "runs/moa-a")
+    page.locator("#image-subject input[type=file]").set_input_files(str(picture))
+    page.locator("#image-subject img").wait_for()
+    page.fill("#image-prompt textarea", "a sks shape on a navy background")
+    set_slider_number(page, "image-steps", 2)
+    page.click("#image-generate")
+    page.locator("#image-status", has_text="router maps in router/").wait_for()
+    folders = [f for f in (workdir / "outputs" / "image").glob("*") if (f / "router_grid.png").is_file()]
+    assert len(folders) == 1 and len(list((folders[0] / "router").glob("*.png"))) == 4
+    page.locator("#image-gallery img").first.wait_for()
+    page.screenshot(path=str(tmp_path / "personalise.png"), full_page=True)
