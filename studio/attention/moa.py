@@ -626,10 +626,13 @@ def subject_token_index(tokenizer: Any, prompts: Sequence[SubjectPrompt], max_le
 
 
 def overlay(image: np.ndarray, router: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """``image (H, W, 3)`` uint8 with the personalised router weight ``(h, w)`` in [0, 1] laid over it in magenta."""
+    """``image (H, W, 3)`` uint8 with the personalised router weight ``(h, w)`` in [0, 1] laid over it in magenta,
+    scaled so that the map's largest weight is fully tinted (the router's weights are small where it is trained
+    to keep the prior: the map shows where it drew the subject, not how much)."""
     h, w = image.shape[:2]
     weight = torch.as_tensor(router, dtype=torch.float32)[None, None]
-    weight = F.interpolate(weight, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    weight = F.interpolate(weight, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+    weight = (weight / weight.max().clamp(min=1e-6)).numpy()
     tint = np.array([255.0, 0.0, 255.0], np.float32)
     out = image.astype(np.float32) * (1 - alpha * weight[..., None]) + tint * alpha * weight[..., None]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -281,6 +281,8 @@ def test_overlay_tints_where_the_router_is_personalised():
     router[0, 0] = 1.0
     out = overlay(image, router)
     assert out[0, 0, 0] > 100 and out[0, 0, 1] == 0 and out[3, 3].sum() < out[0, 0].sum()
+    np.testing.assert_array_equal(overlay(image, router * 0.1), out)  # scaled to the map's largest weight
+    np.testing.assert_array_equal(overlay(image, np.zeros((2, 2), np.float32)), image)  # no branch, no tint
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
