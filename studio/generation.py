@@ -72,14 +72,20 @@ class Samples:
         return len(self.data)
 
     def __add__(self, other: Samples) -> Samples:
-        """Both sets in order (e.g. two batches of one run); settings and rate of the first."""
+        """Both sets in order (e.g. two batches of one run); settings and rate of the first.
+
+        Raises:
+            ValueError: when only one of the two has router maps (samples of a MoA and of no MoA).
+        """
+        if (self.router_maps is None) != (other.router_maps is None):
+            raise ValueError("cannot join samples with router maps (a MoA) and samples without")
         return replace(
             self,
             data=self.data + other.data,
             prompts=self.prompts + other.prompts,
             seeds=self.seeds + other.seeds,
             seconds=self.seconds + other.seconds,
-            router_maps=None if self.router_maps is None else self.router_maps + (other.router_maps or []),
+            router_maps=None if self.router_maps is None else self.router_maps + other.router_maps,
         )
 
 
@@ -220,6 +226,7 @@ def _moa(pipe: Any, moa: Any) -> Iterator[Any]:
     if hasattr(pipe, "codec"):
         raise ValueError("--moa personalises image models; this is a music model")
     mixture = moa if isinstance(moa, MoA) else MoA.load(moa, pipe.unet)
+    mixture.to(device=pipe.unet.device, dtype=pipe.unet.dtype)  # a file loads as fp32 on the CPU
     with mixture.applied(pipe.unet):
         yield mixture
 

@@ -220,10 +220,12 @@ class Studio(MergeActions, SeparateActions):
             "image", model, prompt, count, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
             seed=seed, scheduler=scheduler, length_s=None, adapter=adapter, adapter_scale=adapter_scale,
             guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, progress=progress,
-            personalise=self._personalisation(model, prompt, moa, subject, moa_strength) if moa else {},
+            personalise=self._personalisation(model, prompt, moa, subject, moa_strength, scheduler) if moa else {},
         )  # fmt: skip
 
-    def _personalisation(self, model: str, prompt: str, moa: str, subject: object, strength: float) -> dict:
+    def _personalisation(
+        self, model: str, prompt: str, moa: str, subject: object, strength: float, scheduler: str | None
+    ) -> dict:
         """``studio.generate``'s MoA arguments for the listed run ``moa`` of ``model``, checked."""
         from studio.attention.moa import IDENTIFIER, check_strength, split_prompt
 
@@ -238,7 +240,8 @@ class Studio(MergeActions, SeparateActions):
             raise ValueError(f"MoA run {moa!r} reads the subject from a picture: upload one, or pick MoA none")
         if info.mode == "subject" and subject is not None:
             raise ValueError(f"MoA run {moa!r} was trained on one subject of its own; clear the subject picture")
-        size = self.models.pipeline(model).default_size
+        with self._lock:  # the pipeline generation will use (the cache holds one per model and sampler)
+            size = self.models.pipeline(model, scheduler or None).default_size
         picture = None if subject is None else fit_subject(subject, size)
         return {"moa": info.path, "subject": picture, "moa_strength": float(strength)}
 

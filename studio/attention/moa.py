@@ -66,7 +66,8 @@ class MoASettings:
         router_hidden: hidden width of each layer's router MLP.
         mlp_hidden: hidden width of the subject MLP.
         time_dim, layer_dim: widths of the timestep and layer features the subject MLP reads.
-        base: the base model the branches were copied from (checked on load).
+        base: the base model the branches were copied from (the app lists the run under it; ``load`` checks the
+            layers' names and widths, not the weights).
         layers: the attention layers, by module name (filled by :meth:`MoA.create`).
         channels: each layer's hidden width.
         cross: whether each layer is a cross-attention layer.

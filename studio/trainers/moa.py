@@ -4,7 +4,7 @@ Two modes share one loss:
 
 - ``encoder`` (the paper's): many subjects of :mod:`studio.worlds.concept`'s family, each introduced by its
   reference image through the image encoder; afterwards a new subject needs one reference image and no training.
-- ``subject``: one subject's images (``data.dir``, ≤ 10, masks under ``data.dir/masks/``), like the DreamBooth
+- ``subject``: one subject's few images (``data.dir``, masks under ``data.dir/masks/``), like the DreamBooth
   recipe; the subject's embedding is a learnt vector. ``init`` can start it from an encoder run.
 
 The loss on a batch of subject rows and no-subject rows (world images with their own captions, mask 0)::
@@ -68,7 +68,6 @@ class MoAConfig(TrainerConfig):
         mask_probability: chance that a subject row's diffusion loss is averaged over its mask only.
         no_subject_fraction: share of each batch drawn from the world with no subject (mask 0 everywhere), so
             prompts without the identifier keep the base model's images.
-        identifier: the word that marks the subject in prompts.
     """
 
     base: str = "shapes"
@@ -83,7 +82,6 @@ class MoAConfig(TrainerConfig):
     localisation_weight: float = 0.01
     mask_probability: float = 0.5
     no_subject_fraction: float = 0.25
-    identifier: str = IDENTIFIER
     export: Path | None = None
 
     def __post_init__(self) -> None:
@@ -98,10 +96,10 @@ class MoAConfig(TrainerConfig):
         for name in ("mask_probability", "no_subject_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.mode == "subject" and split_prompt(self.data.instance_prompt, self.identifier).start is None:
+        if self.mode == "subject" and split_prompt(self.data.instance_prompt).start is None:
             raise ValueError(
                 f"data.instance_prompt {self.data.instance_prompt!r} must name the subject with "
-                f"{self.identifier!r} before its class word, e.g. 'a {self.identifier} shape'"
+                f"{IDENTIFIER!r} before its class word, e.g. 'a {IDENTIFIER} shape'"
             )
 
 
@@ -165,6 +163,7 @@ class MoATrainer(Trainer):
         image embedding of the subject's images and the image encoder is frozen."""
         cfg = self.config
         unet = self.pipe.unet
+        new_code = cfg.init is None  # a subject run from another subject run keeps its learnt code
         if cfg.init is None:
             moa = MoA.create(unet, settings)
         else:
@@ -174,9 +173,10 @@ class MoATrainer(Trainer):
                     raise ValueError(
                         f"init {str(cfg.init)!r} is a subject-mode MoA; an encoder run cannot start from it"
                     )
-                moa = _to_subject_mode(moa)
+                moa, new_code = _to_subject_mode(moa), True
         if cfg.mode == "subject":
             moa.encoder.requires_grad_(False)
+        if cfg.mode == "subject" and new_code:
             with torch.no_grad():
                 refs = torch.stack([to_tensor(a) for a in self.images])
                 moa.subject_code.copy_(moa.encoder(refs).mean(0))
@@ -200,7 +200,7 @@ class MoATrainer(Trainer):
                 refs.append(np.zeros_like(sample.data))
             elif cfg.mode == "subject":
                 k = i % len(self.images)
-                prompt = split_prompt(cfg.data.instance_prompt, cfg.identifier)
+                prompt = split_prompt(cfg.data.instance_prompt)
                 images.append(self.images[k])
                 masks.append(self.masks[k])
                 texts.append(prompt.text)
@@ -278,7 +278,7 @@ class MoATrainer(Trainer):
         from studio.io import write_png
 
         refs, names = self.grid_references()
-        prompts = [p.replace("sks", self.config.identifier) for p in GRID_PROMPTS]
+        prompts = list(GRID_PROMPTS)
         with torch.no_grad():
             grid = subject_grid(self.pipe, self.moa, prompts, refs, num_inference_steps=self.config.grid_steps,
                                 guidance_scale=DEFAULT_GUIDANCE)  # fmt: skip
@@ -305,7 +305,7 @@ class MoATrainer(Trainer):
         card = {
             "mode": cfg.mode,
             "base": cfg.base,
-            "identifier": cfg.identifier,
+            "identifier": IDENTIFIER,
             "trainable_parameters": self.moa.trainable_parameters(),
             "settings": asdict(self.moa.settings) | {"layers": len(self.moa.settings.layers)},
             "metrics": metrics,

@@ -49,7 +49,6 @@ def test_concept_images_are_orange_crescents_reproducible_by_seed(tmp_path, caps
 
 # ---- the subject family (mixture-of-attention) -------------------------------------------------------------------
 from studio.worlds.concept import (  # noqa: E402
-    COLOURS,
     PATTERNS,
     SILHOUETTES,
     Subject,
@@ -131,4 +130,4 @@ def test_world_cli_writes_a_subject_folder(tmp_path, capsys):
     assert main(["world", "shapes", "--subject", "heart-foo", "--out", str(tmp_path / "x")]) == 2
     assert "unknown pattern 'foo'" in capsys.readouterr().err
     assert main(["world", "synth", "--subject", "heart-solid-red", "--out", str(tmp_path / "y")]) == 2
-    assert COLOURS[0] == "red"
+    assert "--subject" in capsys.readouterr().err and not (tmp_path / "y").exists()
