@@ -9,24 +9,27 @@ Methods:
     oracle         the subject rendered exactly in the asked context: the ceiling of every measure
     moa:RUN[@S]    a mixture-of-attention run at strength S (default 1): an encoder run reads the subject's
                    reference image; a subject-mode run draws its own subject (use it with --only)
-    lora:FILE[@S]  a DreamBooth adapter of the base (``mixstudio train finetune``) at strength S (with --only)
+    adapter:FILE[@S]  a DreamBooth adapter of the base (``mixstudio train finetune``, LoRA, OFT, ...) at strength
+                   S (with --only)
 
 For held-out subjects (combinations of silhouette, pattern and colours never trained on) × held-out context
 prompts (position, size and background named in the world's evaluation phrasing) × seeds, every method samples
 the same prompts and seeds, and the study measures in pixels (``studio.evaluation.subjects``):
 
 - ``iou``: the sample's object against the exact rendering of the subject in the asked context (silhouette,
-  rotation, place and size together);
+  rotation, place and size together); ``shape``: the same with the sample's object moved onto the rendering's
+  centroid (silhouette, rotation and size: the subject's identity without its placement);
 - ``colour``: share of the object's pixels whose nearest palette colour is one of the subject's;
 - ``background``: share of samples whose border is the asked background colour;
 - ``bg_psnr``: context preservation, PSNR against the base sample of the same prompt and seed outside both
-  objects (inf where identical);
+  objects (capped at 99 dB: identical);
 - ``prior_psnr``: prior preservation, PSNR against the base on the world's held-out prompts that do not name
-  the subject (the method should leave them alone);
+  the subject (the method should leave them alone; capped at 99 dB);
 - ``s_per_image``: sampling time, measured here side by side.
 
 It prints one table row per method and, with ``--out``, writes ``grid.png`` (per subject: the reference, then
-each method's first sample) and ``study.json``.
+each method's first sample), ``cases.png`` (one row per method: its first 8 samples of the first subject, the
+contexts in order) and ``study.json``.
 """
 
 from __future__ import annotations
@@ -67,13 +70,15 @@ def context_prompt(context: dict[str, str], rng: np.random.Generator, identifier
     from studio.worlds.shapes import ShapesWorld
 
     table = ShapesWorld.phrases
-    size, position, background = (table.pick(a, context[a], rng, "eval") for a in ("size", "position", "background"))
+    parts = (table.pick(a, context[a], rng, "held_out") for a in ("size", "position", "background"))
+    size, position, background = parts
     subject = f"{identifier} shape" if identifier else "shape"
-    return f"a {size} {subject} {position} {background}"
+    article = "an" if size[0] in "aeiou" else "a"
+    return f"{article} {size} {subject} {position} {background}"
 
 
 def measure(image: np.ndarray, subject, context: dict[str, str]) -> dict[str, float]:
-    from studio.evaluation.subjects import colour_share, foreground_mask, mask_iou, nearest_colour
+    from studio.evaluation.subjects import centred_iou, colour_share, foreground_mask, mask_iou, nearest_colour
     from studio.worlds.concept import render_subject
     from studio.worlds.shapes import BACKGROUND_RGB, OBJECT_RGB
 
@@ -84,6 +89,7 @@ def measure(image: np.ndarray, subject, context: dict[str, str]) -> dict[str, fl
     border = np.concatenate([border[0], border[-1], border[1:-1, 0], border[1:-1, -1]])
     return {
         "iou": mask_iou(mask, coverage > 0.5),
+        "shape": centred_iou(mask, coverage > 0.5),
         "colour": colour_share(image, mask, [subject.primary, subject.secondary], palette),
         "background": float((border == context["background"]).mean() > 0.5),
     }
@@ -97,8 +103,8 @@ class Method:
         kind, _, rest = spec.partition(":")
         path, _, strength = rest.partition("@")
         self.kind, self.path, self.strength = kind, path, float(strength) if strength else 1.0
-        if kind not in ("base", "oracle", "moa", "lora"):
-            raise SystemExit(f"error: method {spec!r} is not base, oracle, moa:RUN[@S] or lora:FILE[@S]")
+        if kind not in ("base", "oracle", "moa", "adapter"):
+            raise SystemExit(f"error: method {spec!r} is not base, oracle, moa:RUN[@S] or adapter:FILE[@S]")
         self.moa = None
         if kind == "moa":
             from studio.attention.moa import MoA
@@ -116,7 +122,7 @@ class Method:
         start = time.perf_counter()
         if self.kind == "base":
             out = generate(self.pipe, plain, **settings)
-        elif self.kind == "lora":
+        elif self.kind == "adapter":
             out = generate(self.pipe, marked, adapters=[(Path(self.path), self.strength)], **settings)
         else:
             subject_image = reference if self.moa.settings.mode == "encoder" else None
@@ -132,7 +138,7 @@ class Method:
         settings = {"seeds": seeds, "num_inference_steps": self.steps, "guidance_scale": self.guidance}
         if self.kind == "oracle":
             return None
-        if self.kind == "lora":
+        if self.kind == "adapter":
             return generate(self.pipe, prompts, adapters=[(Path(self.path), self.strength)], **settings).data
         if self.kind == "moa":
             reference = np.full((self.pipe.default_size,) * 2 + (3,), 128, np.uint8)
@@ -149,7 +155,7 @@ def mean(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("methods", nargs="+", help="LABEL=METHOD (base, oracle, moa:RUN[@S], lora:FILE[@S])")
+    parser.add_argument("methods", nargs="+", help="LABEL=METHOD (base, oracle, moa:RUN[@S], adapter:FILE[@S])")
     parser.add_argument("--subjects", type=int, default=12, help="held-out subjects, spread over the list")
     parser.add_argument("--only", help="one subject (held-out:K or a name) for per-subject methods")
     parser.add_argument("--patterns", help="only held-out subjects of these patterns, e.g. solid,split,rim")
@@ -159,6 +165,8 @@ def main() -> None:
     parser.add_argument("--prior-prompts", type=int, default=16, help="held-out world prompts for prior_psnr")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if min(args.subjects, args.contexts, args.seeds, args.steps) < 1 or args.seeds > 10:
+        parser.error("--subjects, --contexts, --steps must be >= 1 and --seeds in 1..10")
 
     import torch
 
@@ -185,6 +193,7 @@ def main() -> None:
     contexts = contexts_for(args.contexts, seed=7)
     scores: dict[str, dict[str, list[float]]] = {m.label: {} for m in methods}
     cells: list[np.ndarray] = []
+    first_cases: dict[str, list[np.ndarray]] = {}  # the first subject's first 8 samples per method
     for k, subject in enumerate(subjects):
         reference = reference_image(subject)
         rng = np.random.default_rng(k)
@@ -198,9 +207,9 @@ def main() -> None:
         row = [reference]
         for method in methods:
             images = base_images if method is base else method.sample(marked, plain, seeds, subject, reference, asked)
-            if method.kind == "oracle":
-                images = [images[contexts.index(c)] for c in asked]
             row.append(images[0])
+            if k == 0:
+                first_cases[method.label] = list(images[:8])
             for image, plain_image, context in zip(images, base_images, asked, strict=True):
                 for name, value in measure(image, subject, context).items():
                     scores[method.label].setdefault(name, []).append(value)
@@ -217,7 +226,7 @@ def main() -> None:
         psnrs = [math.nan] if images is None else [min(masked_psnr(a, b), 99.0) for a, b in zip(images, prior_base)]
         scores[method.label]["prior_psnr"] = psnrs
 
-    columns = ["iou", "colour", "background", "bg_psnr", "prior_psnr"]
+    columns = ["iou", "shape", "colour", "background", "bg_psnr", "prior_psnr"]
     rows = []
     print(f"\n{len(subjects)} held-out subjects x {len(contexts)} contexts x {args.seeds} seeds, {args.steps} steps")
     print(f"{'method':<22}" + "".join(f"{c:>12}" for c in columns) + f"{'s/image':>10}")
@@ -231,10 +240,12 @@ def main() -> None:
         from studio.io import write_png
 
         write_png(args.out / "grid.png", image_grid(cells, cols=1 + len(methods), scale=3))
+        cases = [image for method in methods for image in first_cases[method.label]]
+        write_png(args.out / "cases.png", image_grid(cases, cols=len(first_cases[methods[0].label]), scale=3))
         study = {"subjects": [s.name for s in subjects], "contexts": contexts, "seeds": args.seeds,
                  "steps": args.steps, "rows": rows}  # fmt: skip
         (args.out / "study.json").write_text(json.dumps(study, indent=2) + "\n")
-        print(f"wrote {args.out}/grid.png and study.json")
+        print(f"wrote {args.out}/grid.png, cases.png and study.json")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ got right can be read off the image itself rather than judged by a network:
 - :func:`foreground_mask`: pixels that differ from the background colour (the object);
 - :func:`mask_iou`: how well a sample's object covers the exact rendering of the subject in the asked context
   (silhouette, rotation, place and size together);
+- :func:`centred_iou`: the same with the placement left out (silhouette, rotation and size);
 - :func:`colour_share`: the share of the object's pixels whose nearest palette colour is one of the subject's;
 - :func:`border_colour` and :func:`masked_psnr`: which background was drawn, and how much of the background two
   samples of the same seed share (context preservation against the base model).
@@ -52,6 +53,22 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"masks of shapes {a.shape} and {b.shape} cannot be compared; resize one first")
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def centred_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """:func:`mask_iou` after moving ``a`` by whole pixels so that its centroid lands on ``b``'s: silhouette, rotation
+    and size agreement with the placement left out (0.0 when exactly one mask is empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"masks of shapes {a.shape} and {b.shape} cannot be compared; resize one first")
+    if not a.any() or not b.any():
+        return mask_iou(a, b)
+    shift = np.rint(np.argwhere(b).mean(0) - np.argwhere(a).mean(0)).astype(int)
+    moved = np.zeros_like(a)
+    h, w = a.shape
+    src = a[max(0, -shift[0]) : h - max(0, shift[0]), max(0, -shift[1]) : w - max(0, shift[1])]
+    moved[max(0, shift[0]) : max(0, shift[0]) + src.shape[0], max(0, shift[1]) : max(0, shift[1]) + src.shape[1]] = src
+    return mask_iou(moved, b)
 
 
 def nearest_colour(image: np.ndarray, palette: Mapping[str, RGB]) -> np.ndarray:

@@ -7,6 +7,7 @@ import pytest
 
 from studio.evaluation.subjects import (
     border_colour,
+    centred_iou,
     colour_share,
     foreground_mask,
     mask_iou,
@@ -44,6 +45,10 @@ def test_exact_renderings_of_a_subject_cover_their_own_mask():
     assert mask_iou(foreground_mask(image), coverage > 0.5) > 0.9
     moved, _ = render_subject(subject, np.random.default_rng(0), position="bottom right", **place)
     assert mask_iou(foreground_mask(moved), coverage > 0.5) < 0.1
+    assert centred_iou(foreground_mask(moved), coverage > 0.5) > 0.9  # same silhouette, elsewhere
+    other, _ = render_subject(Subject.parse("arrow-solid-red"), np.random.default_rng(0), **place,
+                                           position="bottom right")  # fmt: skip
+    assert centred_iou(foreground_mask(other), coverage > 0.5) < 0.6
     assert colour_share(image, coverage > 0.5, ["red", "yellow"], PALETTE) > 0.7  # stripe edges blend to orange
     assert colour_share(image, coverage > 0.5, ["blue"], PALETTE) < 0.05
 
@@ -54,6 +59,13 @@ def test_iou_share_and_psnr_on_constructed_cases():
     a[:2], b[1:3] = True, True
     assert mask_iou(a, b) == pytest.approx(4 / 12) and mask_iou(a, a) == 1.0
     assert mask_iou(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
+    c = np.zeros((4, 4), bool)
+    c[2:4, 1:3] = True  # a 2x2 block at the bottom; centred on the top-left block it covers it exactly
+    block = np.zeros((4, 4), bool)
+    block[:2, :2] = True
+    assert mask_iou(c, block) == 0.0 and centred_iou(c, block) == 1.0
+    assert centred_iou(c, a) == pytest.approx(4 / 8)  # a's 2x4 rows: half covered once centred
+    assert centred_iou(np.zeros((4, 4), bool), block) == 0.0
     with pytest.raises(ValueError, match="cannot be compared"):
         mask_iou(a, np.zeros((3, 3)))
     image = square()
