@@ -236,7 +236,13 @@ def _subject_sampling(mixture: Any, pipe: Any, texts: list[str], subject: Any, s
     from studio.io import read_image
 
     if isinstance(subject, (str, Path)):
-        subject = read_image(subject, pipe.default_size)
+        path, subject = subject, read_image(subject, matte=(128, 128, 128))  # the references' grey
+        size = pipe.default_size
+        if subject.shape[:2] != (size, size):
+            raise ValueError(
+                f"--subject {str(path)!r} is {subject.shape[1]}x{subject.shape[0]} px but this model draws "
+                f"{size}x{size}; pass a picture of that size (the app crops and resizes any picture)"
+            )
     return SubjectSampling(mixture, pipe, texts, subject, strength)
 
 

@@ -168,12 +168,13 @@ def write_png(path: Path, image: np.ndarray) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
+def read_image(path: str | Path, size: int | None = None, matte: tuple[int, int, int] | None = None) -> np.ndarray:
     """Read an RGB image as an ``(H, W, 3)`` uint8 array.
 
     Args:
         path: an image file PIL can read (PNG, JPEG, ...).
         size: if given, the required height and width in pixels.
+        matte: if given, transparent pixels are composited over this colour (by default transparency is dropped).
 
     Raises:
         ValueError: for a missing or unreadable file, or a file of the wrong size.
@@ -188,6 +189,9 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
             img.load()
             if img.mode not in ("RGB", "RGBA", "L", "P"):
                 raise ValueError(f"image {str(path)!r} has mode {img.mode}; save it as an 8-bit RGB PNG")
+            if matte is not None and (img.mode == "RGBA" or "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (*matte, 255)), rgba)
             array = np.array(img.convert("RGB"))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"image {str(path)!r} is not a readable image ({err}); pass a PNG or JPEG file") from None

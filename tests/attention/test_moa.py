@@ -275,6 +275,24 @@ def test_generate_with_moa(pipe):
         generate(pipe, prompts, moa=moa, **kwargs)
 
 
+def test_a_subject_file_with_transparency_reads_as_the_references_grey(pipe, tmp_path):
+    from PIL import Image
+
+    moa = perturbed(MoA.create(pipe.unet, MoASettings()))
+    picture = np.zeros((32, 32, 4), np.uint8)
+    picture[8:24, 8:24] = (230, 30, 30, 255)  # an opaque red square; the rest fully transparent black
+    Image.fromarray(picture).save(tmp_path / "subject.png")
+    on_grey = np.full((32, 32, 3), 128, np.uint8)
+    on_grey[8:24, 8:24] = (230, 30, 30)
+    kwargs = {"num_inference_steps": 2, "seeds": [3], "guidance_scale": 2.0, "moa": moa}
+    from_file = generate(pipe, ["a sks shape"], subject=tmp_path / "subject.png", **kwargs)
+    from_array = generate(pipe, ["a sks shape"], subject=on_grey, **kwargs)
+    np.testing.assert_array_equal(from_file.data[0], from_array.data[0])
+    Image.fromarray(picture[:20]).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match=r"is 32x20 px but this model draws 32x32; pass a picture of that size"):
+        generate(pipe, ["a sks shape"], subject=tmp_path / "small.png", **kwargs)
+
+
 def test_overlay_tints_where_the_router_is_personalised():
     image = np.zeros((4, 4, 3), np.uint8)
     router = np.zeros((2, 2), np.float32)
