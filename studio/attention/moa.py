@@ -258,8 +258,7 @@ class MoAProcessor(StudioAttnProcessor):
     ) -> torch.Tensor:  # fmt: skip
         """The personalised branch's attention probability on each row's subject token, head mean ``(n, L)``."""
         n = hidden.shape[0]
-        query = branch.to_q(hidden).view(n, -1, attn.heads, attn.to_q.out_features // attn.heads).transpose(1, 2)
-        key = branch.to_k(context).view(n, -1, attn.heads, query.shape[-1]).transpose(1, 2)
+        query, key = (x.transpose(1, 2) for x in self.query_key(attn, branch, hidden, context))
         logits = query @ key.transpose(-1, -2) * attn.scale
         if mask is not None:
             logits = logits + mask

@@ -127,18 +127,26 @@ class StudioAttnProcessor:
     ) -> torch.Tensor:
         """One attention ``(B, Lq, C)`` with the projections ``proj.to_q/to_k/to_v/to_out`` (``attn``'s own, or a copy)
         and ``attn``'s norms, heads and scale."""
+        query, key = self.query_key(attn, proj, hidden_states, context)
+        value = proj.to_v(context).view(*key.shape)
+        out = self.attend(query, key, value, mask, attn.scale).flatten(2, 3).to(query.dtype)
+        return proj.to_out[1](proj.to_out[0](out))  # linear, dropout
+
+    @staticmethod
+    def query_key(
+        attn: Any, proj: Any, hidden_states: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys ``(B, L, heads, head_dim)`` from ``proj``'s projections, with ``attn``'s q/k norms."""
         batch = hidden_states.shape[0]
-        query, key, value = proj.to_q(hidden_states), proj.to_k(context), proj.to_v(context)
+        query, key = proj.to_q(hidden_states), proj.to_k(context)
         head_dim = key.shape[-1] // attn.heads
         query = query.view(batch, -1, attn.heads, head_dim)
         key = key.view(batch, -1, attn.heads, head_dim)
-        value = value.view(batch, -1, attn.heads, head_dim)
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        out = self.attend(query, key, value, mask, attn.scale).flatten(2, 3).to(query.dtype)
-        return proj.to_out[1](proj.to_out[0](out))  # linear, dropout
+        return query, key
 
     def finish(self, attn: Any, out: torch.Tensor, shape: tuple[int, ...], residual: torch.Tensor) -> torch.Tensor:
         """Back to the input's layout, plus the residual and ``rescale_output_factor``."""
