@@ -32,6 +32,20 @@ SPEED_STEPS = 100
 EQ_ANCHORS = (0.0125, 0.03, 0.07, 0.16, 0.38, 1.0)
 
 
+def check_remix_batch(batch_size: int, processes: int, remix_group: int) -> None:
+    """Refuse a batch that does not split into whole remix groups on every process.
+
+    Raises:
+        ValueError: naming the per-process clip count and the settings to change.
+    """
+    per_process = batch_size // processes
+    if per_process % remix_group:
+        raise ValueError(
+            f"each of {processes} processes gets {per_process} clips, not a multiple of "
+            f"remix_group {remix_group}; change batch_size or remix_group"
+        )
+
+
 def remix_groups(stems: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
     """Re-deal stems across clips within groups: ``stems`` ``(G·n, S, T)``, one generator per group of ``n``.
 

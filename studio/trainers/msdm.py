@@ -30,7 +30,7 @@ import torch
 
 from studio.evaluation.separation import separation_scores
 from studio.separation import SYNTH_SOURCES
-from studio.separation.augment import augment_stems, remix_groups
+from studio.separation.augment import augment_stems, check_remix_batch, remix_groups
 from studio.separation.msdm import MultiSourceDiffusion, SeparationOptions, length_quantum
 from studio.separation.stft import tight_stft
 from studio.trainers.base import Trainer
@@ -170,12 +170,8 @@ class MSDMTrainer(Trainer):
 
     def build(self) -> None:
         cfg = self.config
-        per_process = cfg.batch_size // self.accelerator.num_processes
-        if cfg.remix and per_process % cfg.remix_group:
-            raise ValueError(
-                f"each of {self.accelerator.num_processes} processes gets {per_process} clips, not a multiple of "
-                f"remix_group {cfg.remix_group}; change batch_size or remix_group"
-            )
+        if cfg.remix:
+            check_remix_batch(cfg.batch_size, self.accelerator.num_processes, cfg.remix_group)
         self.world = get_world(cfg.world)
         self.msdm = build_msdm(cfg).to(self.accelerator.device)
         self.model = self.msdm.unet  # the trainable module; accelerate wraps it, the preconditioning stays outside

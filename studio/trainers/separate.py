@@ -24,7 +24,7 @@ import torch
 
 from studio.evaluation.separation import ideal_ratio_mask, mixture_as_estimate, separation_scores
 from studio.separation import SEPARATORS, SYNTH_SOURCES, Separator
-from studio.separation.augment import augment_stems, remix_groups
+from studio.separation.augment import augment_stems, check_remix_batch, remix_groups
 from studio.separation.families import MEMBERS
 from studio.trainers.base import Trainer
 from studio.trainers.config import TrainerConfig, sample_generator
@@ -162,12 +162,8 @@ class SeparateTrainer(Trainer):
 
     def build(self) -> None:
         cfg = self.config
-        per_process = cfg.batch_size // self.accelerator.num_processes
-        if cfg.remix and per_process % cfg.remix_group:
-            raise ValueError(
-                f"each of {self.accelerator.num_processes} processes gets {per_process} clips, not a multiple of "
-                f"remix_group {cfg.remix_group}; change batch_size or remix_group"
-            )
+        if cfg.remix:
+            check_remix_batch(cfg.batch_size, self.accelerator.num_processes, cfg.remix_group)
         self.world = get_world(cfg.world)
         self.separator = build_separator(cfg)
         self.model = self.separator
